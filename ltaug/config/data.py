@@ -1,0 +1,59 @@
+"""Config sections owned by the foundation: data, run, tracking, resources."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .schema import ConfigError, F
+
+SOURCES = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "imagenet_lt", "webdataset")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = F("digits", choices=SOURCES, help="dataset source")
+    root: str = F("", help="local path or s3:// URI of the dataset (unused for digits)")
+    imbalance_ratio: float = F(10.0, ge=1.0, help="r = n_max / n_min of the long-tailed train set (1 = keep all)")
+    profile: str = F("exp", choices=("exp", "step"), help="long-tail profile: exponential (Cao et al.) or step")
+    step_fraction: float = F(0.5, gt=0.0, lt=1.0, help="step profile: fraction of classes that are minority")
+    max_per_class: int = F(0, ge=0, help="n_max: head-class count before the profile (0 = all available)")
+    selection_seed: int = F(0, help="seed of the per-class selection (CIFAR-LT protocol uses 0)")
+    image_size: int = F(16, ge=4, le=1024, help="side length in pixels after resizing")
+    channels: int = F(0, choices=(0, 1, 3), help="0 = the source's own, 1 = gray, 3 = colour")
+    test_per_class: int = F(0, ge=0, help="cap on test images per class (0 = all); test sets stay balanced")
+    digits_test_per_class: int = F(50, ge=1, le=150, help="digits only: images per class held out as the test set")
+    groups: str = F("auto", choices=("auto", "thresholds", "terciles"),
+                    help="many/medium/few by absolute thresholds, by terciles, or auto (terciles when thresholds leave a group empty)")
+    many_threshold: int = F(100, ge=1, help="many: more than this many training images")
+    few_threshold: int = F(20, ge=1, help="few: fewer than this many training images")
+    on_bad_record: str = F("error", choices=("error", "skip"), help="corrupt record: stop with an error, or skip, count and log it")
+    num_classes: int = F(0, ge=0, help="imagefolder / imagenet_lt / webdataset: number of classes (0 = infer)")
+    train_list: str = F("ImageNet_LT_train.txt", help="imagenet_lt: train list file (relative to root)")
+    test_list: str = F("ImageNet_LT_test.txt", help="imagenet_lt: test list file (relative to root)")
+
+    def validate(self, prefix: str) -> None:
+        if self.few_threshold > self.many_threshold:
+            raise ConfigError(f"{prefix}.few_threshold ({self.few_threshold}) must be <= "
+                              f"{prefix}.many_threshold ({self.many_threshold})")
+        if self.source != "digits" and not self.root:
+            raise ConfigError(f"{prefix}.root: required for data.source={self.source!r} (a local path or s3:// URI)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    output_dir: str = F("runs", help="where runs go (local path or s3://)")
+    name: str = F("", help="run name (default: job name + config digest, stable so re-runs resume)")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = F("", help="MLflow tracking URI (default: sqlite database inside the output dir); 'none' disables")
+    experiment: str = F("ltaug", help="MLflow experiment name")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    num_workers: int = F(1, ge=0, help="Ray Train workers / Ray Data generator actors (0 = in-process, no Ray)")
+    use_gpu: bool = F(False, help="use GPUs (one per worker / actor)")
+    cpus_per_worker: float = F(1.0, gt=0.0, help="CPUs reserved per worker / actor")
+    max_failures: int = F(2, ge=-1, help="Ray Train / Data retries after a worker failure (-1 = forever)")
+    ray_address: str = F("", help="Ray cluster address ('' = local or RAY_ADDRESS)")

@@ -1,0 +1,28 @@
+"""Tracking: a Tracker protocol, an MLflow implementation (lazy import) and a null one."""
+from __future__ import annotations
+
+import os
+
+from .base import NullTracker, Tracker
+
+
+def default_uri(output_dir: str) -> str:
+    """SQLite database inside the (local) output dir; for an s3:// output dir, ./mlflow.db."""
+    from ..storage import is_remote
+
+    base = os.path.join(os.path.expanduser("~"), ".ltaug") if is_remote(output_dir) else output_dir
+    os.makedirs(base, exist_ok=True)
+    return "sqlite:///" + os.path.abspath(os.path.join(base, "mlflow.db"))
+
+
+def make_tracker(uri: str, output_dir: str, experiment: str, run_name: str,
+                 parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Tracker:
+    """MLflow tracker for ``uri`` (default: SQLite in ``output_dir``); ``uri='none'`` gives a NullTracker."""
+    if uri.lower() == "none":
+        return NullTracker()
+    from .mlflow_tracker import MLflowTracker
+
+    return MLflowTracker(uri or default_uri(output_dir), experiment, run_name, parent_run_id, tags)
+
+
+__all__ = ["Tracker", "NullTracker", "make_tracker", "default_uri"]

@@ -1,0 +1,254 @@
+"""The one training loop, shared by diffusion and classifiers.
+
+The loop owns: optimizer, learning-rate schedule (warm-up, optional step decay), gradient clipping,
+mixed precision (CUDA only), EMA, periodic logging / checkpoints / hooks, resume. What to optimise
+is an :class:`Objective`: ``objective(model, step, generator) -> (loss, logs)``. Every random draw
+of step ``s`` comes from a generator seeded by ``(seed, s, rank)``, and batches are a pure function
+of the step (see :class:`StepBatches`), so resuming gives exactly the same result as never stopping.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt_io
+from .ema import EMA, unwrap
+from .world import World
+
+
+class Objective(Protocol):
+    def __call__(self, model: nn.Module, step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    steps: int
+    lr: float
+    optimizer: str = "adam"           # adam | adamw | sgd
+    momentum: float = 0.9             # sgd only
+    weight_decay: float = 0.0
+    warmup: int = 0                   # linear warm-up steps
+    milestones: tuple[int, ...] = ()  # lr x gamma at these steps
+    gamma: float = 0.1
+    grad_clip: float = 0.0
+    ema_decay: float = 0.0
+    amp: bool = False
+    log_every: int = 50
+    ckpt_every: int = 0
+    keep_checkpoints: int = 2
+    seed: int = 0
+    desc: str = "train"
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    ema: nn.Module | None
+    step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: str | None = None
+    resumed_from: int = 0
+
+
+def step_generator(seed: int, step: int, rank: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1))
+    return g
+
+
+def lr_factor(spec: LoopSpec, step: int) -> float:
+    f = 1.0
+    if spec.warmup > 0 and step < spec.warmup:
+        f = (step + 1) / spec.warmup
+    for m in spec.milestones:
+        if step >= m:
+            f *= spec.gamma
+    return f
+
+
+def make_optimizer(spec: LoopSpec, params) -> torch.optim.Optimizer:
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    raise ValueError(f"unknown optimizer {spec.optimizer!r}; choose adam, adamw or sgd")
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+def fit(model: nn.Module, objective: Objective, spec: LoopSpec, world: World, *,
+        ckpt_dir: str | None = None, config: dict[str, Any] | None = None, kind: str = "model",
+        extra: dict[str, Any] | None = None, resume: bool = True,
+        hooks: dict[int, Callable[["TrainState"], None]] | None = None,
+        every: list[tuple[int, Callable[["TrainState"], None]]] | None = None,
+        progress: bool = True) -> TrainResult:
+    """Train ``model`` for ``spec.steps`` steps of ``objective``; resume from ``ckpt_dir`` when it holds a checkpoint.
+
+    ``every``: ``[(n, fn)]`` calls ``fn(state)`` on the main rank every n steps and at the end
+    (sample grids, evaluations). Checkpoints are written by the main rank every ``spec.ckpt_every``
+    steps and at the end, then announced through ``world.report``.
+    """
+    device = world.device
+    net = world.wrap(model)
+    optimizer = make_optimizer(spec, [p for p in net.parameters() if p.requires_grad])
+    ema = EMA(net, spec.ema_decay) if spec.ema_decay > 0 else None
+    scaler_on = spec.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=scaler_on)
+    start = 0
+    if resume and ckpt_dir:
+        state = ckpt_io.latest_valid(ckpt_dir, map_location=device)
+        if state is not None:
+            unwrap(net).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if ema is not None and state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])
+            ckpt_io.set_rng_state(state["rng"])
+            start = int(state["step"])
+    result = TrainResult(model=unwrap(net), ema=ema.model if ema else None, step=start, resumed_from=start)
+    st = TrainState(net=net, ema=ema, step=start, spec=spec, world=world, result=result)
+
+    def save(step: int) -> None:
+        if not (ckpt_dir and world.is_main):
+            return
+        uri = ckpt_io.path_for(ckpt_dir, step)
+        ckpt_io.save(uri, {"kind": kind, "config": config or {}, "model": unwrap(net).state_dict(),
+                           "ema": ema.state_dict() if ema else None, "optimizer": optimizer.state_dict(),
+                           "step": step, "rng": ckpt_io.rng_state(), "extra": extra or {}})
+        ckpt_io.prune(ckpt_dir, spec.keep_checkpoints)
+        result.checkpoint = uri
+
+    bar = tqdm(total=spec.steps, initial=start, desc=spec.desc, disable=not (progress and world.is_main),
+               dynamic_ncols=True, mininterval=1.0)
+    net.train()
+    window: dict[str, float] = {}
+    n_window = 0
+    t0 = time.perf_counter()
+    for step in range(start, spec.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = spec.lr * lr_factor(spec, step)
+        g = step_generator(spec.seed, step, world.rank, device)
+        with _autocast(device, spec.amp):
+            loss, logs = objective(net, step, g)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{spec.desc}: loss is {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if spec.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            gn = torch.nn.utils.clip_grad_norm_(net.parameters(), spec.grad_clip)
+            logs = {**logs, "grad_norm": float(gn)}
+        scaler.step(optimizer)
+        scaler.update()
+        if ema is not None:
+            ema.update(net)
+        for k, v in logs.items():
+            window[k] = window.get(k, 0.0) + float(v)
+        window["loss"] = window.get("loss", 0.0) + float(loss.detach())
+        n_window += 1
+        st.step = step + 1
+        bar.update(1)
+        if st.step % spec.log_every == 0 or st.step == spec.steps:
+            metrics = {k: v / n_window for k, v in window.items()}
+            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            metrics["steps_per_s"] = n_window / max(time.perf_counter() - t0, 1e-9)
+            result.history.append({"step": st.step, **metrics})
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            window, n_window, t0 = {}, 0, time.perf_counter()
+            is_ckpt = spec.ckpt_every and st.step % spec.ckpt_every == 0
+            if not is_ckpt and st.step != spec.steps:
+                world.report(metrics, st.step, None)
+            st.last_metrics = metrics
+        if (spec.ckpt_every and st.step % spec.ckpt_every == 0) or st.step == spec.steps:
+            save(st.step)
+            world.report(st.last_metrics or {}, st.step, ckpt_dir)
+        for n, fn in every or []:
+            if world.is_main and n and (st.step % n == 0) and st.step != spec.steps:
+                fn(st)
+    bar.close()
+    if start >= spec.steps and ckpt_dir and world.is_main:
+        result.checkpoint = ckpt_io.list_checkpoints(ckpt_dir)[-1][1] if ckpt_io.list_checkpoints(ckpt_dir) else None
+    for _, fn in every or []:
+        if world.is_main:
+            fn(st)
+    result.step = st.step
+    return result
+
+
+@dataclass
+class TrainState:
+    net: nn.Module
+    ema: EMA | None
+    step: int
+    spec: LoopSpec
+    world: World
+    result: TrainResult
+    last_metrics: dict[str, float] | None = None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """EMA weights when kept, else the live model (unwrapped)."""
+        return self.ema.model if self.ema is not None else unwrap(self.net)
+
+
+class StepBatches:
+    """Batches as a pure function of the step: epoch-wise seeded permutations (or weighted draws).
+
+    ``indices(step)`` returns this rank's disjoint slice of the global batch of ``step``.
+    ``weights`` (per sample) switches to draws with replacement (class-balanced re-sampling).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 weights: torch.Tensor | None = None) -> None:
+        if n <= 0:
+            raise ValueError("cannot draw batches from an empty dataset")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.weights = None if weights is None else weights.double() / weights.double().sum()
+        self._perm_epoch = -1
+        self._perm: torch.Tensor | None = None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 15_485_863 + epoch)
+            self._perm = torch.randperm(self.n, generator=g)
+            self._perm_epoch = epoch
+        assert self._perm is not None
+        return self._perm
+
+    def global_indices(self, step: int) -> torch.Tensor:
+        B = self.batch_size
+        if self.weights is not None:
+            g = torch.Generator().manual_seed(self.seed * 15_485_863 + step)
+            return torch.multinomial(self.weights, B, replacement=True, generator=g)
+        start = step * B
+        out = []
+        while len(out) < B:
+            epoch, offset = divmod(start, self.n)
+            perm = self._permutation(epoch)
+            take = min(B - len(out), self.n - offset)
+            out.extend(perm[offset:offset + take].tolist())
+            start += take
+        return torch.tensor(out, dtype=torch.long)
+
+    def indices(self, step: int) -> torch.Tensor:
+        return self.global_indices(step)[self.rank::self.world_size]
+
+    def epoch_of(self, step: int) -> float:
+        return step * self.batch_size / self.n
+
+
+def steps_for_epochs(epochs: float, n: int, batch_size: int) -> int:
+    return max(1, math.ceil(epochs * n / batch_size))
