@@ -1,45 +1,83 @@
-"""Config sections of the classifier side: classifier, filter, eval."""
+"""Config sections of the classifier side: classifier, filter, eval.
+
+The standard CIFAR-LT recipe (LDAM-DRW, Cao et al. 2019; used by DiffuLT): ResNet-32, SGD lr 0.1,
+momentum 0.9, weight decay 2e-4, batch 128, 200 epochs, lr x0.1 at epochs 160 and 180, 5-epoch linear
+warm-up. As overrides:
+
+    --set classifier.arch=resnet32 --set classifier.epochs=200 --set classifier.batch_size=128
+    --set classifier.lr=0.1 --set classifier.momentum=0.9 --set classifier.weight_decay=2e-4
+    --set classifier.milestones=[0.8,0.9] --set classifier.warmup=0.025
+
+(milestones and warm-up are fractions of training: 160/200, 180/200, 5/200). The defaults below are
+the same recipe shortened to a few hundred steps so that the quickstart (digits) trains in seconds.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schema import F
+from .schema import ConfigError, F
 
 ARCHS = ("resnet20", "resnet32", "resnet56", "resnet10", "resnet18", "resnet50")
 METHODS = ("ce", "resample", "balanced_softmax", "drw")
+CATEGORIES = ("id", "aid", "ood")
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    checkpoint: str = F("", help="classifier checkpoint to load (local or s3://)")
-    arch: str = F("resnet32", choices=ARCHS, help="architecture")
-    method: str = F("ce", choices=METHODS, help="long-tail method")
-    width: int = F(16, ge=4, help="CIFAR ResNet base width (16 = standard)")
-    steps: int = F(1500, ge=0, help="optimisation steps of classifier training")
-    batch_size: int = F(128, ge=1, help="per-step batch")
-    lr: float = F(0.1, gt=0.0, help="SGD learning rate")
-    momentum: float = F(0.9, ge=0.0, lt=1.0, help="SGD momentum")
-    weight_decay: float = F(2e-4, ge=0.0, help="weight decay")
-    milestones: tuple[float, ...] = F((0.8, 0.9), help="lr x0.1 at these fractions of training")
-    warmup: float = F(0.025, ge=0.0, lt=1.0, help="linear warm-up as a fraction of training")
-    drw_start: float = F(0.8, ge=0.0, le=1.0, help="DRW: re-weighting starts at this fraction")
-    drw_beta: float = F(0.9999, ge=0.0, lt=1.0, help="DRW: effective-number beta")
-    ema_decay: float = F(0.0, ge=0.0, lt=1.0, help="EMA decay (0 = off)")
-    augment: bool = F(True, help="random crop + flip (flip off for gray digits)")
-    radius: str = F("max", choices=("max", "quantile"), help="per-class radius d_f: max distance or a quantile")
+    checkpoint: str = F("", help="classifier checkpoint to load (local or s3://; a ckpt-*.pt file or its directory). "
+                                 "train_classifier: the baseline to compare against and to filter synthetic data with")
+    arch: str = F("resnet32", choices=ARCHS, help="architecture: CIFAR ResNet-20/32/56, or torchvision-style ResNet-10/18/50")
+    method: str = F("ce", choices=METHODS,
+                    help="long-tail method: ce, resample (class-balanced sampling), balanced_softmax (logit adjustment), drw")
+    width: int = F(16, ge=4, help="CIFAR ResNet base width (16 = standard, ResNet-32 = 0.46M params)")
+    steps: int = F(300, ge=0, help="optimisation steps of classifier training (ignored when epochs > 0)")
+    epochs: float = F(0.0, ge=0.0, help="train for this many epochs of the real+synthetic set instead of steps "
+                                        "(CIFAR-LT recipe: 200); 0 = use steps")
+    batch_size: int = F(64, ge=1, help="per-step batch (CIFAR-LT recipe: 128)")
+    lr: float = F(0.1, gt=0.0, help="SGD learning rate (CIFAR-LT recipe: 0.1)")
+    momentum: float = F(0.9, ge=0.0, lt=1.0, help="SGD momentum (CIFAR-LT recipe: 0.9)")
+    weight_decay: float = F(2e-4, ge=0.0, help="weight decay (CIFAR-LT recipe: 2e-4)")
+    milestones: tuple[float, ...] = F((0.8, 0.9), help="lr x0.1 at these fractions of training (recipe: epochs 160, 180 of 200)")
+    warmup: float = F(0.025, ge=0.0, lt=1.0, help="linear warm-up as a fraction of training (recipe: 5 of 200 epochs)")
+    la_tau: float = F(1.0, ge=0.0, help="balanced_softmax: logit-adjustment tau (1 = balanced softmax)")
+    drw_start: float = F(0.8, ge=0.0, le=1.0, help="drw: re-weighting starts at this fraction of training")
+    drw_beta: float = F(0.9999, ge=0.0, lt=1.0, help="drw: effective-number beta")
+    ema_decay: float = F(0.0, ge=0.0, lt=1.0, help="EMA decay of the weights (0 = off)")
+    augment: str = F("auto", choices=("auto", "none", "crop", "crop_flip"),
+                     help="train-time augmentation: random crop (pad size/8), optional horizontal flip; auto = crop_flip for colour, crop for gray")
+    radius: str = F("max", choices=("max", "quantile"), help="feature bank radius d_f per class: max distance to the centre, or a quantile")
     radius_quantile: float = F(0.95, gt=0.0, le=1.0, help="quantile for radius=quantile")
-    synthetic_uri: str = F("", help="WebDataset shards (local or s3://) of synthetic images to mix in")
-    synthetic_weight: float = F(0.3, ge=0.0, help="omega: loss weight of synthetic samples (DiffuLT)")
-    synthetic_max_per_class: int = F(0, ge=0, help="per-class quota of synthetic samples (0 = all)")
+    synthetic_uri: str = F("", help="WebDataset shards (local dir or s3:// prefix of *.tar) of synthetic images to mix in")
+    synthetic_weight: float = F(0.3, ge=0.0, help="omega: loss weight of synthetic samples (DiffuLT: 0.3; 0.5 on ImageNet-LT)")
+    synthetic_max_per_class: int = F(0, ge=0, help="per-class quota of synthetic samples (0 = no cap)")
+    synthetic_fill_to: int = F(0, ge=0, help="take at most (this - real count) synthetic samples per class (0 = no cap)")
+    eval_batch_size: int = F(256, ge=1, help="batch of evaluation / feature extraction")
+    log_every: int = F(50, ge=1, help="log training metrics every n steps")
+    ckpt_every: int = F(0, ge=0, help="write a checkpoint every n steps (0 = only at the end)")
+
+    def validate(self, prefix: str) -> None:
+        bad = [m for m in self.milestones if not 0.0 <= m <= 1.0]
+        if bad:
+            raise ConfigError(f"{prefix}.milestones: {list(self.milestones)} must be fractions in [0, 1]")
 
 
 @dataclass(frozen=True)
 class FilterConfig:
-    keep: tuple[str, ...] = F(("id", "aid"), help="categories kept: any of id, aid, ood")
+    keep: tuple[str, ...] = F(("id", "aid"), help="DiffuLT categories kept: any of id, aid, ood (default drops OOD)")
+    apply: bool = F(False, help="train_classifier: also filter classifier.synthetic_uri with the feature bank of "
+                                "classifier.checkpoint before mixing it in")
+
+    def validate(self, prefix: str) -> None:
+        bad = [k for k in self.keep if k not in CATEGORIES]
+        if bad or not self.keep:
+            raise ConfigError(f"{prefix}.keep: {list(self.keep)}; choose a non-empty subset of {list(CATEGORIES)}")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     features: str = F("classifier", choices=("classifier", "inception"), help="feature space of generative metrics")
-    inception_weights: str = F("", help="local Inception-v3 weights file (features=inception)")
-    knn_k: int = F(5, ge=1, help="k of precision/recall, density/coverage, AvgkNN, rarity")
+    inception_weights: str = F("", help="local Inception-v3 state_dict file (features=inception); never downloaded")
+    knn_k: int = F(5, ge=1, help="k of precision/recall, density/coverage, AvgkNN, LOF, rarity")
+    kid_subsets: int = F(100, ge=1, help="KID: number of random subsets")
+    kid_subset_size: int = F(1000, ge=2, help="KID: subset size (capped at the set sizes)")
+    grid_per_class: int = F(8, ge=1, help="sample grids: images per class")

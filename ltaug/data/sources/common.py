@@ -36,7 +36,7 @@ def resize(images: np.ndarray, size: int, channels: int) -> np.ndarray:
         return np.ascontiguousarray(images)
     out = np.empty((len(images), size, size, images.shape[-1]), dtype=np.uint8)
     for i in range(0, len(images), 4096):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + 4096])).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(np.array(images[i:i + 4096], copy=True)).permute(0, 3, 1, 2).float()
         y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out[i:i + 4096] = y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out
@@ -53,7 +53,15 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
 def finish(cfg: DataConfig, images: np.ndarray, labels: np.ndarray, num_classes: int, source: str,
            class_names: tuple[str, ...] = (), skipped: int = 0) -> ImageSet:
     labels = np.asarray(labels, dtype=np.int64)
-    check_labels(labels, num_classes, source)
+    bad = np.where((labels < 0) | (labels >= num_classes))[0]
+    if len(bad):
+        counter = [skipped]
+        for i in bad:
+            bad_record(cfg, f"{source}: record {int(i)} has label {int(labels[i])}, outside 0..{num_classes - 1}",
+                       counter)
+        keep = np.ones(len(labels), dtype=bool)
+        keep[bad] = False
+        images, labels, skipped = images[keep], labels[keep], counter[0]
     if skipped:
         log.warning("%s: skipped %d bad record(s) (data.on_bad_record=skip)", source, skipped)
     imgs = resize(images, cfg.image_size, cfg.channels)

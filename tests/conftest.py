@@ -1,0 +1,90 @@
+"""Shared fixtures: a real S3 endpoint (moto's server on 127.0.0.1), small configs, tmp run dirs."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-key-1234",
+          "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1, started once per session; yields its endpoint URL."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("moto server did not start")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """Point the standard AWS variables at the moto server and create a fresh bucket; yields ``s3://bucket``."""
+    import uuid
+
+    for k, v in S3_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    import fsspec
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    bucket = f"ltaug-{uuid.uuid4().hex[:10]}"
+    fs = fsspec.filesystem("s3", endpoint_url=s3_server)
+    fs.mkdir(bucket)
+    yield f"s3://{bucket}"
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def upload(s3):
+    """upload(local_dir, prefix) copies a local folder tree to s3://bucket/prefix; returns the URI."""
+    import fsspec
+
+    def _up(local: Path, prefix: str) -> str:
+        fs = fsspec.filesystem("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+        dst = f"{s3[len('s3://'):]}/{prefix}"
+        for p in Path(local).rglob("*"):
+            if p.is_file():
+                fs.pipe_file(f"{dst}/{p.relative_to(local).as_posix()}", p.read_bytes())
+        return f"{s3}/{prefix}"
+
+    return _up
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    d = SHARED_DATA / "mnist"
+    if not (d / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"real MNIST not present at {d} (../shared/data/mnist beside the checkout)")
+    return d

@@ -1,0 +1,44 @@
+"""MLflow tracker (SQLite default inside the output dir) and the null tracker."""
+from __future__ import annotations
+
+import numpy as np
+
+from ltaug.config import Config, flat_params
+from ltaug.track import NullTracker, default_uri, make_tracker
+
+
+def test_mlflow_tracker_logs_params_metrics_artifacts(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "super-secret-value-42")
+    t = make_tracker("", str(tmp_path), "exp", "run-a", tags={"ltaug.job": "test"})
+    params = flat_params(Config())
+    params["note"] = "key is super-secret-value-42"
+    t.log_params(params)
+    t.log_metrics({"loss": 1.5, "acc": 0.5}, step=3)
+    t.log_metrics({"loss": 1.0}, step=4)
+    t.log_image(np.zeros((8, 8, 3), np.uint8), "grids/g.png")
+    (tmp_path / "f.txt").write_text("x")
+    t.log_artifact(str(tmp_path / "f.txt"))
+    child = t.child("stage")
+    child.log_metrics({"x": 1.0})
+    child.close()
+    t.close()
+    assert (tmp_path / "mlflow.db").exists() and default_uri(str(tmp_path)).startswith("sqlite:///")
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(default_uri(str(tmp_path)))
+    run = c.get_run(t.run_id)
+    assert run.data.params["data.source"] == "digits"
+    assert "super-secret" not in run.data.params["note"] and "<AWS_SECRET_ACCESS_KEY>" in run.data.params["note"]
+    hist = c.get_metric_history(t.run_id, "loss")
+    assert [(m.step, m.value) for m in hist] == [(3, 1.5), (4, 1.0)]
+    arts = {a.path for a in c.list_artifacts(t.run_id)}
+    assert {"grids", "f.txt"} <= arts
+    assert c.get_run(child.run_id).data.tags["mlflow.parentRunId"] == t.run_id
+    assert run.info.status == "FINISHED"
+
+
+def test_null_tracker_and_none_uri(tmp_path):
+    t = make_tracker("none", str(tmp_path), "e", "r")
+    assert isinstance(t, NullTracker)
+    t.log_metrics({"a": 1})
+    t.child("x").close()
