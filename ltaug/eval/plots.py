@@ -1,0 +1,128 @@
+"""PNG plots for people and MLflow artifacts (matplotlib, Agg backend; each function writes one file
+and returns its path)."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+CATEGORY_COLORS = {"id": "tab:green", "aid": "tab:orange", "ood": "tab:red"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def class_histogram(real_counts: Sequence[int], path: str, synthetic_counts: Sequence[int] | None = None,
+                    class_names: Sequence[str] = (), title: str = "images per class") -> str:
+    """Bars of real counts per class, with the synthetic counts stacked on top (before / after augmentation)."""
+    plt = _plt()
+    real = np.asarray(real_counts)
+    k = np.arange(len(real))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(real)), 3.5))
+    ax.bar(k, real, color="tab:blue", label="real")
+    if synthetic_counts is not None:
+        ax.bar(k, np.asarray(synthetic_counts), bottom=real, color="tab:orange", label="synthetic")
+        ax.legend()
+    ax.set_xlabel("class")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    if class_names and len(real) <= 30:
+        ax.set_xticks(k, list(class_names), rotation=90 if len(real) > 12 else 0)
+    return _save(fig, path)
+
+
+def per_class_accuracy(accuracy: Sequence[float | None], path: str, baseline: Sequence[float | None] | None = None,
+                       groups: Mapping[str, Sequence[int]] | None = None, title: str = "per-class top-1") -> str:
+    """Per-class accuracy (augmented) beside the baseline's; group boundaries shaded by many/medium/few."""
+    plt = _plt()
+    acc = np.array([np.nan if a is None else a for a in accuracy], dtype=float)
+    k = np.arange(len(acc))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(acc)), 3.5))
+    if groups:
+        for g, color in zip(("many", "medium", "few"), ("#eef", "#efe", "#fee")):
+            for c in groups.get(g, []):
+                ax.axvspan(c - 0.5, c + 0.5, color=color, lw=0)
+    w = 0.4 if baseline is not None else 0.8
+    if baseline is not None:
+        base = np.array([np.nan if a is None else a for a in baseline], dtype=float)
+        ax.bar(k - w / 2, base, width=w, color="tab:gray", label="baseline")
+        ax.bar(k + w / 2, acc, width=w, color="tab:blue", label="augmented")
+        ax.legend()
+    else:
+        ax.bar(k, acc, width=w, color="tab:blue")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("class")
+    ax.set_ylabel("top-1")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def confusion_matrix_plot(cm: Sequence[Sequence[int]], path: str, title: str = "confusion matrix") -> str:
+    """Row-normalised confusion matrix (rows = true class)."""
+    plt = _plt()
+    m = np.asarray(cm, dtype=float)
+    m = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def sample_grid(images: np.ndarray, labels: Sequence[int], path: str, num_classes: int | None = None,
+                per_class: int = 8, title: str = "") -> str:
+    """One row per class, up to ``per_class`` images each (uint8 ``[N,H,W,C]``)."""
+    plt = _plt()
+    labels = np.asarray(labels, dtype=np.int64)
+    K = num_classes if num_classes is not None else (int(labels.max()) + 1 if len(labels) else 1)
+    fig, axes = plt.subplots(K, per_class, figsize=(per_class * 0.6, K * 0.6), squeeze=False)
+    for c in range(K):
+        idx = np.where(labels == c)[0][:per_class]
+        for j in range(per_class):
+            ax = axes[c, j]
+            ax.axis("off")
+            if j < len(idx):
+                im = images[idx[j]]
+                ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray" if im.shape[-1] == 1 else None,
+                          vmin=0, vmax=255)
+        axes[c, 0].text(-0.3, 0.5, str(c), transform=axes[c, 0].transAxes, ha="right", va="center", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def distance_histogram(distances: Sequence[float], radii: Sequence[float], categories: Sequence[int], path: str,
+                       title: str = "distance to class centre / d_f") -> str:
+    """Histogram of ``d / d_f(y)`` coloured by ID / AID / OOD, with the thresholds 1 and 2 marked."""
+    plt = _plt()
+    d = np.asarray(distances, float) / np.maximum(np.asarray(radii, float), 1e-12)
+    cat = np.asarray(categories, np.int64)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    finite = d[np.isfinite(d)]
+    hi = float(max(3.0, np.quantile(finite, 0.99))) if len(finite) else 3.0
+    bins = np.linspace(0, hi, 40)
+    for i, (name, color) in enumerate(CATEGORY_COLORS.items()):
+        sel = np.clip(d[cat == i], 0, hi)
+        ax.hist(sel, bins=bins, color=color, alpha=0.8, label=f"{name.upper()} ({len(sel)})")
+    for t in (1.0, 2.0):
+        ax.axvline(t, color="k", ls="--", lw=0.8)
+    ax.set_xlabel("d / d_f")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path)
