@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schema import F
+from .schema import ConfigError, F
 
 
 @dataclass(frozen=True)
@@ -11,20 +11,37 @@ class GenerateConfig:
     output_uri: str = F("", help="where shards go (local or s3://); default <run dir>/shards")
     target_per_class: int = F(0, ge=0, help="top every class up to this count (0 = the head count)")
     budget: tuple[int, ...] = F((), help="explicit per-class number of images (overrides target_per_class)")
-    shard_size: int = F(256, ge=1, help="samples per shard")
-    batch_size: int = F(64, ge=1, help="rows per generator actor call")
-    seed: int = F(0, help="generation seed (row seeds derive from it and the row id)")
+    counts: tuple[int, ...] = F((), help="real per-class counts the plan tops up (empty = the counts stored in "
+                                         "model.checkpoint, else the configured dataset)")
+    shard_size: int = F(256, ge=1, help="samples per shard (a shard is the unit of work and of atomic publish)")
+    batch_size: int = F(64, ge=1, help="rows per generator call (does not change any image)")
+    seed: int = F(0, help="generation seed (row seeds derive from it, the class and the index in the class)")
+    minority_score: bool = F(True, help="record each image's minority score (Um et al. 2024) in its json")
+    score_iters: int = F(2, ge=1, help="Monte-Carlo draws of the minority score")
+    max_in_flight: int = F(0, ge=0, help="Ray: shards queued per actor (0 = Ray's default)")
+
+    def validate(self, prefix: str) -> None:
+        if any(b < 0 for b in self.budget):
+            raise ConfigError(f"{prefix}.budget: {list(self.budget)} has a negative entry")
+        if any(c < 0 for c in self.counts):
+            raise ConfigError(f"{prefix}.counts: {list(self.counts)} has a negative entry")
 
 
 @dataclass(frozen=True)
 class TuneConfig:
-    num_samples: int = F(4, ge=1, help="trials")
+    num_samples: int = F(4, ge=1, help="trials (x the grid when space values are lists)")
     objective: str = F("tail_fid", choices=("tail_fid", "few_acc"), help="objective")
     max_concurrent: int = F(1, ge=1, help="concurrent trials")
     grace_period: int = F(1, ge=1, help="ASHA grace period (reports)")
     reports: int = F(4, ge=1, help="reports per trial (ASHA rungs)")
+    search: str = F("choice", choices=("choice", "grid"), help="space values: random choice per trial, or a full grid")
     space: dict[str, tuple[float, ...]] = F(default_factory=dict,
                                              help="dotted key -> candidate values (grid/choice)")
+    train_steps: int = F(0, ge=0, help="diffusion steps per trial (0 = train.steps)")
+    num_per_class: int = F(16, ge=1, help="images per tail class generated for the objective")
+    trial_cpus: float = F(1.0, gt=0.0, help="CPUs reserved per trial (its Train worker)")
+    time_budget_s: float = F(0.0, ge=0.0, help="stop the sweep after this many seconds (0 = no limit)")
+    preset_uri: str = F("", help="where the best config is written as YAML (default <run dir>/best.yaml)")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,71 @@
+"""Filter stage of generation: DiffuLT's ID / AID / OOD categories (Shao et al., NeurIPS 2024, §3).
+
+``FilterStage(spec)(batch) -> batch`` adds ``category`` (``id`` / ``aid`` / ``ood``, or ``none`` without a
+classifier), ``distance`` (to the class centre in the baseline classifier's feature space), ``keep`` and
+``reason`` (why a row is dropped; empty when kept). It never drops rows itself: the writer records the
+dropped rows in the shard's stats, so every planned id is accounted for (kept in a shard, or dropped with
+a reason). Pure: no files, no logs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CATEGORY_NAMES = ("id", "aid", "ood")
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    classifier: str = ""                       # classifier checkpoint (with feature bank); "" = keep everything
+    keep: tuple[str, ...] = ("id", "aid")      # DiffuLT default: drop OOD
+    device: str = ""
+    batch_size: int = 256
+
+    @staticmethod
+    def from_config(cfg, device: str = "") -> "FilterSpec":
+        return FilterSpec(cfg.classifier.checkpoint, tuple(cfg.filter.keep), device, cfg.classifier.eval_batch_size)
+
+    def settings(self) -> dict:
+        """What decides kept / dropped (the classifier's weights are named by digest in the plan)."""
+        return {"keep": list(self.keep) if self.classifier else ["*"]}
+
+
+class FilterStage:
+    def __init__(self, spec: FilterSpec) -> None:
+        import torch
+
+        self.spec = spec
+        self.filter = None
+        if spec.classifier:
+            from ..classify import IdAidOodFilter, load_classifier
+
+            device = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            model, bank = load_classifier(spec.classifier, device)
+            if bank is None:
+                raise ValueError(f"{spec.classifier}: the classifier checkpoint has no feature bank "
+                                 f"(an intermediate checkpoint?); use the final one of train_classifier")
+            self.filter = IdAidOodFilter(model, bank, keep=spec.keep, drop=False, batch_size=spec.batch_size,
+                                         device=device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["label"])
+        out = dict(batch)
+        if self.filter is None or n == 0:
+            out["category"] = np.array(["none"] * n, dtype=object)
+            out["distance"] = np.full(n, np.nan, np.float32)
+            out["keep"] = np.ones(n, bool)
+            out["reason"] = np.array([""] * n, dtype=object)
+            return out
+        r = self.filter(out)
+        cats = np.array([CATEGORY_NAMES[int(c)] for c in r["category"]], dtype=object)
+        keep = np.asarray(r["keep"], bool)
+        out["category"] = cats
+        out["distance"] = np.asarray(r["distance"], np.float32)
+        out["keep"] = keep
+        out["reason"] = np.array(["" if k else f"{c} (filter.keep={'+'.join(self.spec.keep)})"
+                                  for k, c in zip(keep, cats)], dtype=object)
+        return out
+
+
+__all__ = ["FilterStage", "FilterSpec", "CATEGORY_NAMES"]

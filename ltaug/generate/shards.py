@@ -1,0 +1,186 @@
+"""Writer side of generation: rows -> WebDataset samples -> one tar per plan shard, published atomically.
+
+A sample is ``<key>.png``, ``<key>.cls`` and ``<key>.json`` (class, seed, sampler and guidance settings,
+filter and minority scores, checkpoint digest). Tars are built in memory in key order with fixed member
+metadata (mtime 0), so the same plan shard gives byte-identical tars on every run and every machine.
+A shard is published with one atomic write (temp file + rename locally; one PUT on S3): a reader sees the
+whole shard or nothing. Its stats (per-class requested / generated / kept / dropped, dropped keys with
+their reason) are written *before* the tar, so a published tar always has its stats.
+
+:class:`ShardProducer` is the per-shard unit of work (generate -> filter -> encode); the local job runs it
+in a for-loop, the Ray pipeline in an actor pool. It never writes: :func:`publish_shard` does.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import storage
+from .plan import GenerationPlan
+
+STATS_DIR = "_stats"
+PLAN_FILE = "_plan.json"
+MANIFEST_FILE = "manifest.json"
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    arr = image[..., 0] if image.shape[-1] == 1 else image
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def sample_meta(row: dict[str, Any], settings: dict[str, Any], plan_digest: str) -> dict[str, Any]:
+    """The ``<key>.json`` of one row."""
+    def f(v: Any) -> Any:
+        if isinstance(v, (np.floating, float)):
+            return None if not np.isfinite(v) else round(float(v), 6)
+        if isinstance(v, np.integer):
+            return int(v)
+        if isinstance(v, np.bool_):
+            return bool(v)
+        return v
+
+    meta = {"class": int(row["label"]), "index": int(row["index"]), "id": int(row["id"]), "seed": int(row["seed"]),
+            "category": f(row.get("category", "none")), "distance": f(row.get("distance", float("nan"))),
+            "minority_score": f(row.get("minority_score", float("nan"))), "plan": plan_digest}
+    meta.update({k: v for k, v in settings.items()})
+    return meta
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uname = info.gname = "ltaug"
+    tar.addfile(info, io.BytesIO(data))
+
+
+def build_tar(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
+    """``[(key, {ext: bytes})]`` -> tar bytes, samples in key order, members of a sample contiguous."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in sorted(samples, key=lambda kv: kv[0]):
+            if "." in key.rsplit("/", 1)[-1]:
+                raise ValueError(f"sample key {key!r} contains a dot (WebDataset splits keys at the first dot)")
+            for ext in sorted(members):
+                _add(tar, f"{key}.{ext}", members[ext])
+    return buf.getvalue()
+
+
+@dataclass
+class ShardStats:
+    """What happened to the rows of one shard (the manifest is the sum over shards)."""
+
+    shard: int
+    name: str
+    plan: str
+    requested: dict[int, int] = field(default_factory=dict)
+    generated: dict[int, int] = field(default_factory=dict)
+    kept: dict[int, int] = field(default_factory=dict)
+    dropped: dict[int, int] = field(default_factory=dict)
+    categories: dict[str, int] = field(default_factory=dict)
+    dropped_keys: dict[str, str] = field(default_factory=dict)   # key -> reason
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        for k in ("requested", "generated", "kept", "dropped"):
+            d[k] = {str(c): n for c, n in sorted(d[k].items())}
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "ShardStats":
+        d = dict(d)
+        for k in ("requested", "generated", "kept", "dropped"):
+            d[k] = {int(c): int(n) for c, n in d.get(k, {}).items()}
+        return ShardStats(**d)
+
+
+def _count(labels: np.ndarray) -> dict[int, int]:
+    u, n = np.unique(np.asarray(labels, dtype=np.int64), return_counts=True)
+    return {int(a): int(b) for a, b in zip(u, n)}
+
+
+Stage = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class ShardProducer:
+    """``producer(shard) -> (tar bytes, ShardStats)``: rows of the shard -> generator -> filter -> samples.
+
+    ``generator`` and ``filter`` are batch-dict stages (ImageGenerator, FilterStage or test doubles);
+    rows go through them in chunks of ``batch_size``, which never changes any image.
+    """
+
+    def __init__(self, plan: GenerationPlan, generator: Stage, filter: Stage | None, batch_size: int,
+                 settings: dict[str, Any] | None = None) -> None:
+        self.plan, self.generator, self.filter = plan, generator, filter
+        self.batch_size = batch_size
+        self.settings = dict(settings if settings is not None else plan.settings)
+
+    def __call__(self, shard: int) -> tuple[bytes, ShardStats]:
+        import time
+
+        t0 = time.perf_counter()
+        lo, hi = self.plan.shard_range(shard)
+        stats = ShardStats(shard, self.plan.shard_name(shard), self.plan.digest)
+        samples: list[tuple[str, dict[str, bytes]]] = []
+        for a in range(lo, hi, self.batch_size):
+            rows = self.plan.rows(np.arange(a, min(a + self.batch_size, hi)))
+            out = self.generator(rows)
+            if self.filter is not None:
+                out = self.filter(out)
+            n = len(out["label"])
+            keep = np.asarray(out.get("keep", np.ones(n, bool)), bool)
+            for c, k in _count(rows["label"]).items():
+                stats.requested[c] = stats.requested.get(c, 0) + k
+            for c, k in _count(out["label"]).items():
+                stats.generated[c] = stats.generated.get(c, 0) + k
+            for c, k in _count(out["label"][keep]).items():
+                stats.kept[c] = stats.kept.get(c, 0) + k
+            for c, k in _count(out["label"][~keep]).items():
+                stats.dropped[c] = stats.dropped.get(c, 0) + k
+            cats = out.get("category", np.array(["none"] * n, dtype=object))
+            for cat in cats:
+                stats.categories[str(cat)] = stats.categories.get(str(cat), 0) + 1
+            reasons = out.get("reason", np.array([""] * n, dtype=object))
+            for i in range(n):
+                row = {k: v[i] for k, v in out.items() if k != "image" and hasattr(v, "__len__") and len(v) == n}
+                if not keep[i]:
+                    stats.dropped_keys[str(out["key"][i])] = str(reasons[i]) or "dropped"
+                    continue
+                meta = sample_meta(row, self.settings, self.plan.digest)
+                samples.append((str(out["key"][i]), {"png": encode_png(out["image"][i]),
+                                                     "cls": str(int(out["label"][i])).encode(),
+                                                     "json": json.dumps(meta, sort_keys=True).encode()}))
+        data = build_tar(samples)
+        stats.bytes = len(data)
+        stats.seconds = round(time.perf_counter() - t0, 4)
+        return data, stats
+
+
+def stats_uri(output_uri: str, name: str) -> str:
+    return storage.join(output_uri, STATS_DIR, name.replace(".tar", ".json"))
+
+
+def publish_shard(output_uri: str, data: bytes, stats: ShardStats) -> str:
+    """Write the shard's stats, then the tar (the tar's appearance is the shard's commit)."""
+    storage.write_bytes(stats_uri(output_uri, stats.name), json.dumps(stats.to_dict(), sort_keys=True).encode())
+    uri = storage.join(output_uri, stats.name)
+    storage.write_bytes(uri, data)
+    return uri
+
+
+def read_stats(output_uri: str, name: str) -> ShardStats:
+    return ShardStats.from_dict(json.loads(storage.read_bytes(stats_uri(output_uri, name))))
+
+
+__all__ = ["ShardProducer", "ShardStats", "build_tar", "encode_png", "sample_meta", "publish_shard",
+           "read_stats", "stats_uri", "STATS_DIR", "PLAN_FILE", "MANIFEST_FILE"]

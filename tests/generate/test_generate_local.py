@@ -1,0 +1,131 @@
+"""Generation without Ray (resources.num_workers=0): determinism, filter accounting, resume, conflicts, verify."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ltaug.cli import job_main
+from ltaug.generate import (FilterSpec, FilterStage, GenerationPlan, GeneratorSpec, ImageGenerator, verify)
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
+from fakes import gen_overrides, tiny_classifier_checkpoint, tiny_diffusion_checkpoint  # noqa: E402
+
+import generate as gen_job  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    return (tiny_diffusion_checkpoint(str(d / "diff.pt")),
+            tiny_classifier_checkpoint(str(d / "clf.pt"), radius_scale=0.6))
+
+
+def run_job(args: list[str]) -> int:
+    return job_main("generate", "test", gen_job.body, args, add_args=gen_job.add_args)
+
+
+def summary_of(capsys) -> dict:
+    run_dir = capsys.readouterr().out.strip().splitlines()[-1]
+    return json.loads(Path(run_dir, "summary.json").read_text())
+
+
+def test_image_k_is_the_same_whatever_the_batch_split(ckpts):
+    spec = GeneratorSpec(ckpts[0], steps=3, omega=1.0, minority={"scale": 0.5, "every": 1}, score_iters=1)
+    gen = ImageGenerator(spec)
+    plan = GenerationPlan((0, 3, 9, 5), seed=7, shard_size=8)
+    rows = plan.rows(np.arange(plan.total))
+    whole = gen(rows)
+    parts = [gen(plan.rows(np.arange(a, min(a + 3, plan.total)))) for a in range(0, plan.total, 3)]
+    np.testing.assert_array_equal(whole["image"], np.concatenate([p["image"] for p in parts]))
+    np.testing.assert_allclose(whole["minority_score"], np.concatenate([p["minority_score"] for p in parts]), rtol=1e-5)
+    assert whole["image"].dtype == np.uint8 and whole["image"].shape == (plan.total, 8, 8, 1)
+    assert len(np.unique(whole["image"].reshape(plan.total, -1), axis=0)) == plan.total   # distinct seeds, distinct images
+    flt = FilterStage(FilterSpec(ckpts[1], ("id", "aid")))(whole)
+    assert set(flt["category"]) <= {"id", "aid", "ood"}
+    assert all((r == "") == k for r, k in zip(flt["reason"], flt["keep"]))
+
+
+def test_generate_job_filter_resume_and_verify(ckpts, tmp_path, capsys):
+    out, runs = str(tmp_path / "out"), str(tmp_path / "runs")
+    args = gen_overrides(ckpts[0], out, runs, f"classifier.checkpoint={ckpts[1]}", "resources.num_workers=0")
+    assert run_job(args) == 0
+    s1 = summary_of(capsys)
+    assert s1["requested"] == 17 + 14 + 8 and s1["requested_per_class"] == [0, 8, 14, 17]
+    assert s1["written"] + s1["dropped"] == s1["requested"] and s1["dropped"] > 0      # OOD dropped, accounted
+    rep = verify(out)
+    assert rep.ok, rep.problems
+    assert rep.samples == s1["written"] and rep.dropped == s1["dropped"] and rep.missing == 0
+    tars = sorted(Path(out).glob("*.tar"))
+    first = {p.name: p.read_bytes() for p in tars}
+    # dropped samples are recorded with their reason, never written
+    stats = [json.loads(p.read_text()) for p in Path(out, "_stats").glob("*.json")]
+    reasons = [r for st in stats for r in st["dropped_keys"].values()]
+    assert len(reasons) == s1["dropped"] and all(r.startswith("ood") for r in reasons)
+
+    # a re-run publishes nothing new; after losing one shard (and a stray temp file) it fills exactly that gap
+    assert run_job(args) == 0
+    assert summary_of(capsys)["new_shards"] == 0
+    tars[1].unlink()
+    Path(out, tars[2].name + ".tmp-deadbeef").write_bytes(b"partial")
+    assert run_job(args) == 0
+    s3 = summary_of(capsys)
+    assert s3["new_shards"] == 1 and s3["written"] == s1["written"]
+    assert {p.name: p.read_bytes() for p in sorted(Path(out).glob("*.tar"))} == first   # byte-identical
+    assert verify(out).ok
+    assert run_job(args + ["--verify"]) == 0
+
+
+def test_different_config_is_refused_naming_the_existing_plan(ckpts, tmp_path, capsys):
+    out, runs = str(tmp_path / "out"), str(tmp_path / "runs")
+    base = gen_overrides(ckpts[0], out, runs, "resources.num_workers=0", "generate.budget=[0,2,2,2]")
+    assert run_job(base) == 0
+    plan = json.loads(Path(out, "_plan.json").read_text())
+    digest = GenerationPlan.from_dict(plan).digest
+    capsys.readouterr()
+    assert run_job(base + ["--set", "guidance.cfg.omega=2.0"]) == 2
+    err = capsys.readouterr().err
+    assert digest in err and "refusing" in err
+    assert len(list(Path(out).glob("*.tar"))) == 1
+
+
+def test_verify_detects_gaps_duplicates_and_corruption(ckpts, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_job(gen_overrides(ckpts[0], str(out), str(tmp_path / "runs"), "resources.num_workers=0",
+                                 "generate.budget=[0,8,8,0]")) == 0
+    assert verify(str(out)).ok
+    tars = sorted(out.glob("*.tar"))
+    # duplicate: shard 1 also carries a sample of shard 0
+    with tarfile.open(tars[0]) as t0:
+        m = [x for x in t0.getmembers() if x.name.startswith("c0001_0000000.")]
+        payload = [(x, t0.extractfile(x).read()) for x in m]
+    import io
+    with tarfile.open(tars[1]) as t1:
+        members = [(x, t1.extractfile(x).read()) for x in t1.getmembers()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for x, data in payload + members:
+            t.addfile(x, io.BytesIO(data))
+    tars[1].write_bytes(buf.getvalue())
+    rep = verify(str(out))
+    assert not rep.ok and rep.duplicates == 1
+    # truncated tar + missing shard
+    tars[1].write_bytes(buf.getvalue()[:700])
+    tars[0].unlink()
+    rep = verify(str(out))
+    assert not rep.ok and rep.bad >= 1 and rep.missing >= 8
+    assert any("not published" in p for p in rep.problems)
+    capsys.readouterr()
+    assert run_job(gen_overrides(ckpts[0], str(out), str(tmp_path / "runs"), "resources.num_workers=0",
+                                 "generate.budget=[0,8,8,0]") + ["--verify"]) == 2
+
+
+def test_no_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert run_job(["--set", f"run.output_dir={tmp_path}", "--set", "tracking.uri=none"]) == 2
+    assert "model.checkpoint" in capsys.readouterr().err
