@@ -1,0 +1,21 @@
+"""Diffusion core: schedule, class-conditional UNet, composable long-tail losses, DDPM/DDIM steppers,
+classifier-free and minority self-guidance, the one sampling loop, minority scores, training.
+
+Pure PyTorch: nothing here imports ray or mlflow.
+"""
+from .guidance import DISTANCES, ClassifierFree, MinorityGuidance, guidance_from_config
+from .losses import TERMS, CompositeLoss, FeatureSpace, LossContext, SimpleFeatureSpace
+from .minority import minority_score, minority_scores_batched
+from .sample import SamplerSpec, generators, sample, sample_batched, sample_seeds
+from .schedule import Grid, NoiseSchedule
+from .steppers import STEPPERS, DDIMStepper, DDPMStepper, make_stepper
+from .train import (DiffusionObjective, LoadedDiffusion, build_model, load_diffusion, loop_spec,
+                    train_diffusion)
+from .unet import PRESETS, UNet, UNetSpec, spec_from_config
+
+__all__ = ["NoiseSchedule", "Grid", "UNet", "UNetSpec", "PRESETS", "spec_from_config", "TERMS",
+           "CompositeLoss", "LossContext", "FeatureSpace", "SimpleFeatureSpace", "STEPPERS", "DDPMStepper",
+           "DDIMStepper", "make_stepper", "ClassifierFree", "MinorityGuidance", "DISTANCES",
+           "guidance_from_config", "SamplerSpec", "sample", "sample_batched", "sample_seeds", "generators",
+           "minority_score", "minority_scores_batched", "DiffusionObjective", "train_diffusion",
+           "load_diffusion", "LoadedDiffusion", "build_model", "loop_spec"]

@@ -1,0 +1,276 @@
+"""Long-tail diffusion loss terms that compose by weight.
+
+A term returns a per-sample loss ``[B]`` and declares the forward passes it needs (``cond``: the
+batch's labels, or the null label on label-dropped batches; ``uncond``: the null label; ``prior``:
+labels drawn from the class frequencies) and whether it needs bottleneck features. Terms never call
+the model: a :class:`LossContext` runs every needed pass once, all of them concatenated into one
+forward, and memoises the result. :class:`CompositeLoss` weights (constant or ``step -> weight``),
+reduces and returns per-term means for logging.
+
+Terms and sources (maths in algorithms.md):
+- ``mse``: denoising loss (DDPM, Ho et al. 2020).
+- ``cbdm``: class-balancing regulariser (CBDM, Qin et al. CVPR 2023, §1.1).
+- ``aid``: AID-biased loss (DiffuLT, Shao et al. NeurIPS 2024, §2.3, reconstructed: see AIDLoss).
+- ``infonce``: unsupervised InfoNCE on unconditional bottleneck features (CCUA, arXiv 2507.09052, §3.1).
+- ``cond_uncond``: conditional-unconditional alignment MSE (CCUA §3.2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Union
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor, nn
+
+from .schedule import NoiseSchedule
+
+PASSES = ("cond", "uncond", "prior")
+LABEL_DROP_P = 0.1         # classifier-free whole-batch label drop (CBDM, CCUA)
+CBDM_COMMIT = 0.25         # CBDM commitment weight gamma (VQ-VAE style), §1.1
+INFONCE_TEMPERATURE = 0.1  # CCUA (info-nce-pytorch default), §3.1
+AID_ALPHA = 0.1            # DiffuLT Table 10 default, §2.3
+
+
+class FeatureSpace(Protocol):
+    """A frozen classifier's feature space (DiffuLT §2.2): ``extractor(x in [-1,1] [B,C,H,W]) -> [B,D]``,
+    class centres ``centers [C,D]`` and ID radii ``radii [C]`` (``d_f``)."""
+
+    centers: Tensor
+    radii: Tensor
+
+    def extractor(self, x: Tensor) -> Tensor: ...
+
+
+@dataclass
+class SimpleFeatureSpace:
+    """A :class:`FeatureSpace` from a callable and tensors (what ``load_classifier`` gives: ``model.features``, bank)."""
+
+    extractor: Callable[[Tensor], Tensor]
+    centers: Tensor
+    radii: Tensor
+
+
+@dataclass
+class Pred:
+    eps: Tensor                  # [B,C,H,W]
+    features: Tensor | None      # bottleneck [B,...] when requested
+
+
+# ------------------------------------------------------------------------------------------------
+# The context: one batched forward for every needed pass, memoised.
+# ------------------------------------------------------------------------------------------------
+class LossContext:
+    """The state of one micro-batch: ``x0, y, t, noise, x_t``, the label drop flag, prior labels, and
+    memoised predictions. ``forwards`` counts model calls (tests check that no pass runs twice)."""
+
+    def __init__(self, model: nn.Module, schedule: NoiseSchedule, x0: Tensor, y: Tensor, t: Tensor,
+                 noise: Tensor, *, num_classes: int, dropped: bool = False, prior_y: Tensor | None = None,
+                 passes: tuple[str, ...] = ("cond",), features: bool = False) -> None:
+        self.model, self.schedule = model, schedule
+        self.x0, self.y, self.t, self.noise = x0, y, t, noise
+        self.num_classes, self.dropped, self.prior_y = num_classes, dropped, prior_y
+        self.x_t = schedule.q_sample(x0, t, noise)
+        self.w_t = schedule.time_weight(t, like=x0)  # t/T [B]
+        self._want = tuple(p for p in PASSES if p in passes)
+        self._features = features
+        self._preds: dict[str, Pred] = {}
+        self.forwards = 0
+
+    @property
+    def B(self) -> int:
+        return self.x0.shape[0]
+
+    def labels_for(self, name: str) -> Tensor:
+        null = torch.full_like(self.y, self.num_classes)
+        if name == "cond":
+            return null if self.dropped else self.y
+        if name == "uncond":
+            return null
+        if name == "prior":
+            if self.prior_y is None:
+                raise ValueError("the prior pass needs prior labels (class frequencies)")
+            return self.prior_y
+        raise KeyError(f"unknown pass {name!r}; passes are {PASSES}")
+
+    def _distinct(self, names: tuple[str, ...]) -> list[str]:
+        # On label-dropped batches the cond pass *is* the unconditional pass: run it once.
+        out = []
+        for n in names:
+            if n == "uncond" and self.dropped and "cond" in names:
+                continue
+            out.append(n)
+        return out
+
+    def _run(self, names: tuple[str, ...]) -> None:
+        names = tuple(n for n in self._distinct(names) if n not in self._preds)
+        if not names:
+            return
+        k = len(names)
+        x = self.x_t if k == 1 else self.x_t.repeat(k, 1, 1, 1)
+        t = self.t if k == 1 else self.t.repeat(k)
+        y = torch.cat([self.labels_for(n) for n in names])
+        out = self.model(x, t, y, return_features=self._features)
+        eps, feats = out if self._features else (out, None)
+        self.forwards += 1
+        for i, n in enumerate(names):
+            sl = slice(i * self.B, (i + 1) * self.B)
+            self._preds[n] = Pred(eps[sl], feats[sl] if feats is not None else None)
+        if self.dropped and "cond" in self._preds:
+            self._preds.setdefault("uncond", self._preds["cond"])
+
+    def pred(self, name: str) -> Pred:
+        if name not in self._preds:
+            self._run(self._want if name in self._want else (name,))
+        return self._preds[name]
+
+
+# ------------------------------------------------------------------------------------------------
+# Terms
+# ------------------------------------------------------------------------------------------------
+def _sq(a: Tensor, b: Tensor) -> Tensor:
+    return (a - b).pow(2).flatten(1).mean(1)
+
+
+class MSELoss:
+    """DDPM denoising loss ``||eps_theta(x_t, t, y) - eps||^2`` (mean over pixels)."""
+
+    name, passes, needs_features = "mse", ("cond",), False
+
+    def __call__(self, ctx: LossContext) -> Tensor:
+        return _sq(ctx.pred("cond").eps, ctx.noise)
+
+
+class CBDMLoss:
+    """CBDM regulariser (Qin et al. 2023): ``(t/T)[ ||h - sg h'||^2 + gamma ||sg h - h'||^2 ]`` with
+    ``h' = eps_theta(x_t, t, y')``, ``y' ~ p`` (empirical class frequencies from scratch, uniform to
+    fine-tune). The term weight is tau. Zero on label-dropped batches (the code skips them)."""
+
+    name, passes, needs_features = "cbdm", ("cond", "prior"), False
+
+    def __init__(self, commit: float = CBDM_COMMIT) -> None:
+        self.commit = commit
+
+    def __call__(self, ctx: LossContext) -> Tensor:
+        if ctx.dropped:
+            return ctx.x0.new_zeros(ctx.B)
+        h, hp = ctx.pred("cond").eps, ctx.pred("prior").eps
+        return ctx.w_t * (_sq(h, hp.detach()) + self.commit * _sq(h.detach(), hp))
+
+
+class AIDLoss:
+    """DiffuLT AID-biased loss, **reconstructed** (the paper's equation was not available, §2.3):
+    ``d = ||phi(clip(x0_hat)) - mu_y||``, loss ``relu(d_f - d) + relu(d - 2 d_f)`` (zero inside the AID
+    band ``(d_f, 2 d_f]``), gated in time because ``x0_hat`` is meaningless at large t: ``half`` keeps
+    ``t < T/2``, ``alpha_bar`` weights by ``alpha_bar_t``, ``none`` keeps all. The classifier is frozen;
+    the gradient reaches theta through ``x0_hat``. Applies on label-dropped batches too (x_t is still of
+    class y). Swap this class in :data:`TERMS` to use the paper's equation."""
+
+    name, passes, needs_features = "aid", ("cond",), False
+
+    def __init__(self, space: FeatureSpace, gate: str = "half") -> None:
+        if gate not in ("half", "alpha_bar", "none"):
+            raise ValueError(f"loss.aid_gate: unknown {gate!r}; choose half, alpha_bar or none")
+        self.space, self.gate = space, gate
+
+    def __call__(self, ctx: LossContext) -> Tensor:
+        x0_hat = ctx.schedule.eps_to_x0(ctx.x_t, ctx.t, ctx.pred("cond").eps).clamp(-1, 1)
+        phi = self.space.extractor(x0_hat)
+        mu = self.space.centers.to(phi)[ctx.y]
+        r = self.space.radii.to(phi)[ctx.y]
+        d = (phi - mu).norm(dim=1)
+        loss = Fn.relu(r - d) + Fn.relu(d - 2 * r)
+        if self.gate == "half":
+            loss = loss * (ctx.t < ctx.schedule.T // 2).to(loss.dtype)
+        elif self.gate == "alpha_bar":
+            loss = loss * ctx.schedule.alpha_bar[ctx.t.cpu()].to(loss)
+        return loss
+
+
+class InfoNCELoss:
+    """CCUA unsupervised InfoNCE (§3.1) on the unconditional pass's bottleneck features: ``z = normalize(
+    flatten(h_mid))``, each sample its own positive, the rest of the batch the negatives:
+    ``l_i = logsumexp_j(z_i.z_j / tau) - 1/tau``, weighted by ``t/T``. Gradients flow through both sides."""
+
+    name, passes, needs_features = "infonce", ("uncond",), True
+
+    def __init__(self, temperature: float = INFONCE_TEMPERATURE) -> None:
+        self.temperature = temperature
+
+    def __call__(self, ctx: LossContext) -> Tensor:
+        z = Fn.normalize(ctx.pred("uncond").features.flatten(1), dim=1)
+        logits = z @ z.t() / self.temperature
+        return ctx.w_t * (torch.logsumexp(logits, dim=1) - logits.diagonal())
+
+
+class CondUncondLoss:
+    """CCUA conditional-unconditional alignment (§3.2): ``(t/T) ||eps(x_t,y) - eps(x_t,null)||^2``, no
+    stop-gradient; zero on label-dropped batches (both branches are unconditional there)."""
+
+    name, passes, needs_features = "cond_uncond", ("cond", "uncond"), False
+
+    def __call__(self, ctx: LossContext) -> Tensor:
+        if ctx.dropped:
+            return ctx.x0.new_zeros(ctx.B)
+        return ctx.w_t * _sq(ctx.pred("cond").eps, ctx.pred("uncond").eps)
+
+
+LossTerm = Union[MSELoss, CBDMLoss, AIDLoss, InfoNCELoss, CondUncondLoss]
+
+# The registry: name -> factory(loss_config, feature_space) -> term.
+TERMS: dict[str, Callable[..., LossTerm]] = {
+    "mse": lambda cfg, space=None: MSELoss(),
+    "cbdm": lambda cfg, space=None: CBDMLoss(commit=cfg.cbdm_commit),
+    "aid": lambda cfg, space=None: AIDLoss(_need_space(space), gate=cfg.aid_gate),
+    "infonce": lambda cfg, space=None: InfoNCELoss(temperature=cfg.infonce_temperature),
+    "cond_uncond": lambda cfg, space=None: CondUncondLoss(),
+}
+
+
+def _need_space(space: FeatureSpace | None) -> FeatureSpace:
+    if space is None:
+        raise ValueError("loss.aid > 0 needs a classifier feature space (set classifier.checkpoint)")
+    return space
+
+
+Weight = Union[float, Callable[[int], float]]
+
+
+class CompositeLoss:
+    """``sum_k w_k(step) * mean_b(s_b * term_k[b])`` over active terms; logs each term's batch mean.
+
+    A term with constant weight 0 is inactive: its passes are not run and it is not logged.
+    """
+
+    def __init__(self, terms: dict[str, tuple[LossTerm, Weight]]) -> None:
+        self.terms = {k: (term, w) for k, (term, w) in terms.items() if callable(w) or w != 0}
+        if not self.terms:
+            raise ValueError("every loss weight is zero; enable at least one of loss.mse, loss.cbdm, ...")
+
+    @staticmethod
+    def from_config(loss_cfg, space: FeatureSpace | None = None) -> "CompositeLoss":
+        weights = {name: float(getattr(loss_cfg, name)) for name in TERMS}
+        return CompositeLoss({n: (TERMS[n](loss_cfg, space), w) for n, w in weights.items() if w != 0})
+
+    @property
+    def passes(self) -> tuple[str, ...]:
+        need = {p for term, _ in self.terms.values() for p in term.passes}
+        return tuple(p for p in PASSES if p in need)
+
+    @property
+    def needs_features(self) -> bool:
+        return any(term.needs_features for term, _ in self.terms.values())
+
+    def __call__(self, ctx: LossContext, step: int = 0,
+                 sample_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        total = ctx.x0.new_zeros(())
+        logs: dict[str, float] = {}
+        for name, (term, w) in self.terms.items():
+            per = term(ctx)
+            if per.shape != (ctx.B,):
+                raise ValueError(f"loss term {name!r} returned shape {tuple(per.shape)}, expected ({ctx.B},)")
+            wv = float(w(step)) if callable(w) else float(w)
+            red = (per * sample_weights).mean() if sample_weights is not None else per.mean()
+            total = total + wv * red
+            logs[f"loss/{name}"] = float(per.detach().mean())
+        return total, logs

@@ -1,0 +1,158 @@
+"""Diffusion training on top of the one training loop (``ltaug.train.fit``), and checkpoint loading.
+
+Pure: no ray, no mlflow. ``train_diffusion`` takes a World (``LocalWorld`` here, the Ray Train World
+later), and reports sample grids through a callback. Recipe defaults follow CBDM / pytorch-ddpm
+(algorithms.md §0): Adam 2e-4, warm-up, grad-clip 1, EMA, whole-batch label drop 0.1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..train import LoopSpec, StepBatches, TrainResult, fit
+from ..train import checkpoint as ckpt_io
+from .guidance import guidance_from_config
+from .losses import CompositeLoss, FeatureSpace, LossContext
+from .sample import SamplerSpec, sample, sample_seeds
+from .schedule import NoiseSchedule
+from .unet import UNet, UNetSpec, spec_from_config
+
+KIND = "diffusion"
+GRID_PER_CLASS = 4
+
+
+class DiffusionObjective:
+    """``objective(model, step, generator) -> (loss, logs)`` for ``fit``.
+
+    Step s uses the batch ``batches.indices(s)``; t, noise, the label-drop coin and the prior labels all
+    come from the step's generator, so a step is a pure function of (weights, s).
+    """
+
+    def __init__(self, schedule: NoiseSchedule, loss: CompositeLoss, x0: Tensor, y: Tensor,
+                 batches: StepBatches, num_classes: int, *, label_drop: float = 0.1,
+                 prior: np.ndarray | Tensor | None = None) -> None:
+        self.schedule, self.loss = schedule, loss
+        self.x0, self.y, self.batches = x0, y, batches
+        self.num_classes, self.label_drop = num_classes, label_drop
+        p = torch.as_tensor(prior if prior is not None else np.full(num_classes, 1.0 / num_classes), dtype=torch.float64)
+        self.prior = p / p.sum()
+        self.last_ctx: LossContext | None = None
+
+    def draw(self, step: int, g: torch.Generator, device: torch.device) -> dict[str, Any]:
+        idx = self.batches.indices(step)
+        x0 = self.x0[idx].to(device)
+        y = self.y[idx].to(device)
+        B = x0.shape[0]
+        t = torch.randint(0, self.schedule.T, (B,), generator=g, device=g.device).to(device)
+        noise = torch.randn(x0.shape, generator=g, device=g.device, dtype=x0.dtype).to(device)
+        dropped = bool(torch.rand((), generator=g, device=g.device) < self.label_drop)
+        prior_y = torch.multinomial(self.prior.to(g.device), B, replacement=True, generator=g).to(device)
+        return dict(x0=x0, y=y, t=t, noise=noise, dropped=dropped, prior_y=prior_y)
+
+    def __call__(self, model: nn.Module, step: int, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        device = next(model.parameters()).device
+        d = self.draw(step, g, device)
+        ctx = LossContext(model, self.schedule, d["x0"], d["y"], d["t"], d["noise"], num_classes=self.num_classes,
+                          dropped=d["dropped"], prior_y=d["prior_y"], passes=self.loss.passes,
+                          features=self.loss.needs_features)
+        self.last_ctx = ctx
+        loss, logs = self.loss(ctx, step)
+        return loss, {**logs, "label_dropped": float(d["dropped"]), "forwards": float(ctx.forwards)}
+
+
+def loop_spec(cfg) -> LoopSpec:
+    t = cfg.train
+    return LoopSpec(steps=t.steps, lr=t.lr, optimizer=t.optimizer, weight_decay=t.weight_decay, warmup=t.warmup,
+                    grad_clip=t.grad_clip, ema_decay=t.ema_decay, amp=t.amp, log_every=t.log_every,
+                    ckpt_every=t.ckpt_every, keep_checkpoints=t.keep_checkpoints, seed=cfg.seed, desc="diffusion")
+
+
+def build_model(cfg, channels: int, image_size: int, num_classes: int) -> UNet:
+    return UNet(spec_from_config(cfg.model, channels, image_size, num_classes))
+
+
+def grid_sampler(cfg, schedule: NoiseSchedule, num_classes: int, per_class: int = GRID_PER_CLASS,
+                 extractor: Callable[[Tensor], Tensor] | None = None) -> Callable[[nn.Module], Tensor]:
+    """``fn(model) -> images [per_class*C, C,H,W]`` (class-major), fixed seeds: grids are comparable over time."""
+    cfg_g, minority = guidance_from_config(cfg.guidance, extractor)
+    spec = SamplerSpec.from_config(cfg.sample)
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    seeds = sample_seeds(cfg.sample.seed, len(labels))
+
+    def fn(model: nn.Module) -> Tensor:
+        out = [sample(model, schedule, labels[a:a + cfg.sample.batch_size], seeds[a:a + cfg.sample.batch_size],
+                      spec, cfg=cfg_g, minority=minority) for a in range(0, len(labels), cfg.sample.batch_size)]
+        return torch.cat(out)
+    return fn
+
+
+def train_diffusion(cfg, data, world, ckpt_dir: str | None, *, feature_space: FeatureSpace | None = None,
+                    on_grid: Callable[[int, Tensor], None] | None = None, progress: bool = True,
+                    resume: bool = True) -> TrainResult:
+    """Train the class-conditional diffusion model of ``cfg`` on ``data.train`` (an ``LTDataset``).
+
+    ``feature_space``: the frozen classifier space for ``loss.aid > 0``. ``on_grid(step, images)`` gets a
+    class-major sample grid (EMA weights) every ``train.sample_every`` steps and at the end.
+    Returns ``fit``'s :class:`TrainResult` (``.checkpoint`` is the final checkpoint URI).
+    """
+    from ..config import public_dict
+
+    train = data.train
+    x0, y = train.tensors()
+    C = train.num_classes
+    model = build_model(cfg, train.channels, train.image_size, C)
+    schedule = NoiseSchedule.from_config(cfg.diffusion)
+    loss = CompositeLoss.from_config(cfg.loss, feature_space)
+    counts = train.counts
+    prior = counts.frequencies() if cfg.loss.cbdm_prior == "empirical" else None
+    batches = StepBatches(len(train), cfg.train.batch_size, seed=cfg.seed, rank=world.rank,
+                          world_size=world.world_size)
+    objective = DiffusionObjective(schedule, loss, x0, y, batches, C, label_drop=cfg.loss.label_drop, prior=prior)
+    extra = {"num_classes": C, "channels": train.channels, "image_size": train.image_size,
+             "counts": list(counts.counts), "spec": _spec_dict(model.spec)}
+    every = []
+    if on_grid is not None:
+        draw = grid_sampler(cfg, schedule, C, extractor=feature_space.extractor if feature_space else None)
+        every.append((cfg.train.sample_every, lambda st: on_grid(st.step, draw(st.eval_model))))
+    return fit(model, objective, loop_spec(cfg), world, ckpt_dir=ckpt_dir, config=public_dict(cfg), kind=KIND,
+               extra=extra, every=every, progress=progress, resume=resume)
+
+
+def _spec_dict(spec: UNetSpec) -> dict[str, Any]:
+    d = dict(spec.__dict__)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+@dataclass
+class LoadedDiffusion:
+    model: UNet
+    schedule: NoiseSchedule
+    config: dict[str, Any]
+    extra: dict[str, Any]
+    step: int
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.spec.num_classes
+
+
+def load_diffusion(uri: str, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedDiffusion:
+    """Model (EMA weights when present and ``use_ema``) + schedule from a ``train_diffusion`` checkpoint."""
+    ck = ckpt_io.load(uri, map_location="cpu")
+    if ck.get("kind") != KIND:
+        raise ckpt_io.CheckpointError(f"{uri}: a {ck.get('kind')!r} checkpoint, not a diffusion one")
+    sd = dict(ck["extra"]["spec"])
+    spec = UNetSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in sd.items()})
+    model = UNet(spec)
+    weights = ck["ema"] if (use_ema and ck.get("ema") is not None) else ck["model"]
+    model.load_state_dict(weights)
+    model.to(device).eval()
+    dcfg = ck["config"].get("diffusion", {})
+    from ..config import DiffusionConfig
+    from ..config.schema import build
+    schedule = NoiseSchedule.from_config(build(DiffusionConfig, dcfg, "diffusion"))
+    return LoadedDiffusion(model, schedule, ck["config"], ck["extra"], int(ck["step"]))

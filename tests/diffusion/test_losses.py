@@ -1,0 +1,126 @@
+"""Contract tests over every loss term in the registry, the context's pass bookkeeping, and the maths."""
+import pytest
+import torch
+import torch.nn.functional as Fn
+
+from diffusion_helpers import micro_unet
+from ltaug.config import LossConfig
+from ltaug.diffusion import TERMS, CompositeLoss, LossContext
+from ltaug.diffusion.losses import AIDLoss, CBDMLoss, CondUncondLoss, InfoNCELoss, MSELoss
+
+
+def ctx_for(model, schedule, batch, passes, features=False, dropped=False):
+    return LossContext(model, schedule, batch["x0"], batch["y"], batch["t"], batch["noise"], num_classes=3,
+                       dropped=dropped, prior_y=batch["prior_y"], passes=passes, features=features)
+
+
+def make_term(name, feature_space):
+    return TERMS[name](LossConfig(aid_gate="none"), feature_space)
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_term_contract(name, schedule, batch, feature_space):
+    model = micro_unet()
+    term = make_term(name, feature_space)
+    assert set(term.passes) <= {"cond", "uncond", "prior"} and isinstance(term.needs_features, bool)
+    ctx = ctx_for(model, schedule, batch, term.passes, term.needs_features)
+    per = term(ctx)
+    assert per.shape == (6,) and torch.isfinite(per).all() and (per >= 0).all()
+    assert ctx.forwards == 1  # all of the term's passes in one batched forward
+    per.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_zero_weight_changes_nothing(name, schedule, batch, feature_space):
+    others = {n: (make_term(n, feature_space), 1.0) for n in ("mse",)}
+    with_zero = CompositeLoss({**others, name: (make_term(name, feature_space), 0.0)} if name != "mse" else
+                              {"mse": (MSELoss(), 1.0), "cond_uncond": (CondUncondLoss(), 0.0)})
+    base = CompositeLoss({"mse": (MSELoss(), 1.0)})
+    assert with_zero.passes == base.passes and with_zero.needs_features == base.needs_features
+    model = micro_unet()
+    a, la = with_zero(ctx_for(model, schedule, batch, with_zero.passes))
+    b, lb = base(ctx_for(model, schedule, batch, base.passes))
+    assert torch.equal(a, b) and la == lb
+
+
+def test_context_runs_every_pass_once_and_shares(schedule, batch, feature_space):
+    model = micro_unet()
+    calls = []
+    orig = model.forward
+    model.forward = lambda *a, **k: calls.append(a[0].shape[0]) or orig(*a, **k)
+    loss = CompositeLoss({n: (make_term(n, feature_space), 1.0) for n in TERMS})
+    assert loss.passes == ("cond", "uncond", "prior") and loss.needs_features
+    ctx = ctx_for(model, schedule, batch, loss.passes, loss.needs_features)
+    total, logs = loss(ctx)
+    assert calls == [18]  # cond + uncond + prior batched into one forward of 3B
+    assert set(logs) == {f"loss/{n}" for n in TERMS} and torch.isfinite(total)
+    # each pass equals a separate forward (passes are independent; no dropout here)
+    torch.testing.assert_close(ctx.pred("uncond").eps, orig(ctx.x_t, batch["t"], None), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ctx.pred("prior").eps, orig(ctx.x_t, batch["t"], batch["prior_y"]), atol=1e-5, rtol=1e-4)
+    assert len(calls) == 1
+
+
+def test_dropped_batch(schedule, batch):
+    model = micro_unet()
+    ctx = ctx_for(model, schedule, batch, ("cond", "uncond"), dropped=True)
+    assert torch.equal(ctx.pred("cond").eps, ctx.pred("uncond").eps)
+    assert ctx.forwards == 1
+    assert (CBDMLoss()(ctx) == 0).all() and (CondUncondLoss()(ctx) == 0).all()
+    assert ctx.forwards == 1  # CBDM skipped: no prior pass on dropped batches
+
+
+def test_cbdm_maths_and_stop_gradient(schedule, batch):
+    model = micro_unet()
+    ctx = ctx_for(model, schedule, batch, ("cond", "prior"))
+    h, hp = ctx.pred("cond").eps, ctx.pred("prior").eps
+    w = batch["t"].float() / 1000
+    ref = w * ((h - hp) ** 2).flatten(1).mean(1) * 1.25
+    torch.testing.assert_close(CBDMLoss(commit=0.25)(ctx), ref)
+    # gradient w.r.t. h is 2 w (h - h') / n  (commitment part is stop-gradient on h)
+    h.retain_grad()
+    hp.retain_grad()
+    CBDMLoss(commit=0.25)(ctx).sum().backward()
+    n = h[0].numel()
+    torch.testing.assert_close(h.grad, (2 * w[:, None, None, None] * (h - hp) / n).detach())
+    torch.testing.assert_close(hp.grad, (0.25 * 2 * w[:, None, None, None] * (hp - h) / n).detach())
+
+
+def test_infonce_maths(schedule, batch):
+    model = micro_unet()
+    ctx = ctx_for(model, schedule, batch, ("uncond",), features=True)
+    z = Fn.normalize(ctx.pred("uncond").features.flatten(1), dim=1)
+    logits = z @ z.t() / 0.1
+    # each sample its own positive, the others the negatives: cross-entropy with target i
+    ce = Fn.cross_entropy(logits, torch.arange(6), reduction="none")
+    torch.testing.assert_close(InfoNCELoss(0.1)(ctx), batch["t"].float() / 1000 * ce)
+
+
+def test_aid_band_and_gate(schedule, batch, feature_space):
+    model = micro_unet()
+    ctx = ctx_for(model, schedule, batch, ("cond",))
+    none = AIDLoss(feature_space, gate="none")(ctx)
+    half = AIDLoss(feature_space, gate="half")(ctx)
+    assert torch.equal(half, none * (batch["t"] < 500).float())
+    x0_hat = schedule.eps_to_x0(ctx.x_t, batch["t"], ctx.pred("cond").eps).clamp(-1, 1)
+    d = (feature_space.extractor(x0_hat) - feature_space.centers[batch["y"]]).norm(dim=1)
+    r = feature_space.radii[batch["y"]]
+    inside = (d > r) & (d <= 2 * r)
+    assert (none[inside] == 0).all() and (none[~inside] > 0).all()
+
+
+def test_aid_needs_feature_space():
+    with pytest.raises(ValueError, match="classifier"):
+        CompositeLoss.from_config(LossConfig(aid=0.1))
+
+
+def test_step_weights_and_sample_weights(schedule, batch):
+    model = micro_unet()
+    loss = CompositeLoss({"mse": (MSELoss(), lambda s: 0.0 if s < 10 else 2.0)})
+    ctx = ctx_for(model, schedule, batch, loss.passes)
+    assert float(loss(ctx, step=0)[0].detach()) == 0.0
+    per = MSELoss()(ctx)
+    torch.testing.assert_close(loss(ctx, step=10)[0], 2 * per.mean())
+    sw = torch.tensor([1.0, 0, 0, 0, 0, 0])
+    torch.testing.assert_close(loss(ctx, 10, sw)[0], 2 * per[0] / 6)
