@@ -11,9 +11,12 @@ published atomically. Re-running the same config resumes; a different config nev
 """
 from __future__ import annotations
 
+import os
 import sys
 
-from ltaug.cli import job_main
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ltaug.cli import job_main  # noqa: E402
 
 
 def add_args(p) -> None:
