@@ -55,7 +55,7 @@ def body(cfg, run, args) -> dict:
     synthetic = None
     if c.synthetic_uri:
         synthetic = load_synthetic(c.synthetic_uri, data.train.image_size, data.train.channels,
-                                   cfg.data.on_bad_record)
+                                   data.num_classes, cfg.data.on_bad_record)
         summary["synthetic_read"] = len(synthetic)
         if baseline is not None and bank is not None and len(synthetic):
             scored = IdAidOodFilter(baseline, bank, cfg.filter.keep, drop=False, batch_size=c.eval_batch_size)(

@@ -65,11 +65,11 @@ def select_synthetic(synthetic, real_counts, max_per_class: int = 0, fill_to: in
     return synthetic.subset(np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64))
 
 
-def load_synthetic(uri: str, image_size: int, channels: int, on_bad: str = "error"):
+def load_synthetic(uri: str, image_size: int, channels: int, num_classes: int | None = None, on_bad: str = "error"):
     """Synthetic ``ImageSet`` from WebDataset shards (local dir or ``s3://`` prefix), via the data layer."""
     from ..data.shards import read_shards  # the data layer's shard reader (no second reader here)
 
-    return read_shards(uri, image_size=image_size, channels=channels, on_bad=on_bad)
+    return read_shards(uri, image_size=image_size, channels=channels, on_bad=on_bad, num_classes=num_classes)
 
 
 def augment(x: Tensor, generator: torch.Generator, crop: bool, flip: bool) -> Tensor:  # [B,C,H,W] in [-1,1]
@@ -136,8 +136,8 @@ def train_classifier(cfg: Any, data: Any, world: World, ckpt_dir: str | None = N
     xs, ys, ws = [x_real], [y_real], [torch.ones(len(y_real))]
     n_syn = 0
     if synthetic is not None and len(synthetic):
-        if synthetic.num_classes != K or synthetic.images.shape[1:] != real.images.shape[1:]:
-            raise ValueError(f"synthetic data ({synthetic.num_classes} classes, images {synthetic.images.shape[1:]}) "
+        if int(synthetic.labels.max()) >= K or synthetic.images.shape[1:] != real.images.shape[1:]:
+            raise ValueError(f"synthetic data (labels up to {int(synthetic.labels.max())}, images {synthetic.images.shape[1:]}) "
                              f"does not match the real data ({K} classes, images {real.images.shape[1:]})")
         synthetic = select_synthetic(synthetic, real.counts, c.synthetic_max_per_class, c.synthetic_fill_to,
                                      torch.Generator().manual_seed(seed))
@@ -148,7 +148,9 @@ def train_classifier(cfg: Any, data: Any, world: World, ckpt_dir: str | None = N
     weighted = n_syn > 0
 
     spec_m = ModelSpec(c.arch, K, real.channels, real.image_size, c.width)
-    model = build_classifier(spec_m)
+    with torch.random.fork_rng(devices=[]):   # initialisation is a function of the seed, not global state
+        torch.manual_seed(seed)
+        model = build_classifier(spec_m)
     model.norm.set_stats(x_real)
     spec = loop_spec(c, len(y_all), seed)
     # effective class counts: synthetic samples count omega each (they carry omega of the loss)

@@ -18,7 +18,7 @@ from .test_bank import _tiny_set
 
 
 def test_short_training_run_on_digits_beats_chance_by_a_wide_margin():
-    cfg = load_config(None, ["classifier.arch=resnet20", "classifier.width=8", "classifier.steps=80"])
+    cfg = load_config(None, ["classifier.arch=resnet20", "classifier.steps=80", "data.image_size=8"])
     data = load_dataset(cfg.data)
     r = train_classifier(cfg, data, LocalWorld("cpu"), progress=False)
     rep = evaluate_classifier(r.model, data.test, data.groups)
