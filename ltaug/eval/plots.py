@@ -6,6 +6,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+GRID_BACKGROUND = 96  # gray gaps between grid cells
 CATEGORY_COLORS = {"id": "tab:green", "aid": "tab:orange", "ood": "tab:red"}
 
 
@@ -84,25 +85,34 @@ def confusion_matrix_plot(cm: Sequence[Sequence[int]], path: str, title: str = "
     return _save(fig, path)
 
 
+def grid_image(images: np.ndarray, labels: Sequence[int], num_classes: int, per_class: int = 8,
+               pad: int = 1) -> np.ndarray:
+    """uint8 mosaic ``[K*(H+pad), per_class*(W+pad), C]``: one row per class (gaps and empty cells gray)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    H, W, C = images.shape[1:] if len(images) else (1, 1, 1)
+    out = np.full((num_classes * (H + pad), per_class * (W + pad), C), GRID_BACKGROUND, np.uint8)
+    for c in range(num_classes):
+        for j, i in enumerate(np.where(labels == c)[0][:per_class]):
+            out[c * (H + pad):c * (H + pad) + H, j * (W + pad):j * (W + pad) + W] = images[i]
+    return out
+
+
 def sample_grid(images: np.ndarray, labels: Sequence[int], path: str, num_classes: int | None = None,
                 per_class: int = 8, title: str = "") -> str:
-    """One row per class, up to ``per_class`` images each (uint8 ``[N,H,W,C]``)."""
+    """One row per class, up to ``per_class`` images each (uint8 ``[N,H,W,C]``), as one mosaic."""
     plt = _plt()
     labels = np.asarray(labels, dtype=np.int64)
     K = num_classes if num_classes is not None else (int(labels.max()) + 1 if len(labels) else 1)
-    fig, axes = plt.subplots(K, per_class, figsize=(per_class * 0.6, K * 0.6), squeeze=False)
-    for c in range(K):
-        idx = np.where(labels == c)[0][:per_class]
-        for j in range(per_class):
-            ax = axes[c, j]
-            ax.axis("off")
-            if j < len(idx):
-                im = images[idx[j]]
-                ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray" if im.shape[-1] == 1 else None,
-                          vmin=0, vmax=255)
-        axes[c, 0].text(-0.3, 0.5, str(c), transform=axes[c, 0].transAxes, ha="right", va="center", fontsize=7)
+    mosaic = grid_image(images, labels, K, per_class)
+    H = mosaic.shape[0] / K
+    fig, ax = plt.subplots(figsize=(max(2.5, per_class * 0.5), max(2.0, K * 0.5)))
+    ax.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap="gray", vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_yticks(np.arange(K) * H + H / 2, [str(c) for c in range(K)], fontsize=7)
+    ax.set_xticks([])
+    ax.set_ylabel("class")
     if title:
-        fig.suptitle(title, fontsize=9)
+        ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 

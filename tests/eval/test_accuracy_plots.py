@@ -50,3 +50,11 @@ def test_plots_write_pngs(tmp_path):
     for p in out:
         with open(p, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_grid_image_puts_each_class_on_its_row():
+    imgs = np.stack([np.full((2, 2, 1), 10 * (i + 1), np.uint8) for i in range(5)])
+    g = plots.grid_image(imgs, [0, 1, 1, 2, 0], num_classes=3, per_class=2, pad=1)
+    assert g.shape == (9, 6, 1)
+    assert g[0, 0, 0] == 10 and g[0, 3, 0] == 50 and g[3, 0, 0] == 20 and g[3, 3, 0] == 30
+    assert g[6, 3, 0] == plots.GRID_BACKGROUND    # class 2 has one image only
