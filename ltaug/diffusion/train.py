@@ -60,7 +60,12 @@ class DiffusionObjective:
                           dropped=d["dropped"], prior_y=d["prior_y"], passes=self.loss.passes,
                           features=self.loss.needs_features)
         self.last_ctx = ctx
-        loss, logs = self.loss(ctx, step)
+        # Dropout draws from the global RNG: fork it and seed it from the step's generator, so a step is
+        # a pure function of (weights, step) and resuming needs no global RNG bookkeeping.
+        seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            loss, logs = self.loss(ctx, step)
         return loss, {**logs, "label_dropped": float(d["dropped"]), "forwards": float(ctx.forwards)}
 
 
@@ -104,7 +109,9 @@ def train_diffusion(cfg, data, world, ckpt_dir: str | None, *, feature_space: Fe
     train = data.train
     x0, y = train.tensors()
     C = train.num_classes
-    model = build_model(cfg, train.channels, train.image_size, C)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, train.channels, train.image_size, C)
     schedule = NoiseSchedule.from_config(cfg.diffusion)
     loss = CompositeLoss.from_config(cfg.loss, feature_space)
     counts = train.counts
