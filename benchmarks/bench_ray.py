@@ -1,0 +1,245 @@
+"""Ray-layer benchmarks (ratios, not timed tests). ``run(quick) -> dict``; ``python benchmarks/bench_ray.py [--full]``.
+
+- generation_pipeline_vs_bare: images/s of the Ray Data pipeline (one actor; filter, PNG encoding and atomic
+  shard publish included; actor start-up included) / images/s of a bare in-process loop of the same sampler,
+  model and batch size. Goal >= 0.90.
+- ray_train_vs_bare: in-loop steps/s of Ray Train with one worker / the bare loop's (LocalWorld). Goal >= 0.95.
+  Also 2-worker scaling (same global batch) and wall-clock ratios (Ray start-up included).
+- shard_write_vs_raw_upload: MB/s of publishing shards (stats + tar, atomic) to a moto S3 endpoint / MB/s of a raw
+  s3fs upload of the same bytes. Goal >= 0.8.
+- generation_peak_rss_ratio_10x: peak RSS of a generation process for 10x the images / for 1x. Goal <= 1.2.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "generate"))
+
+
+def _tiny_ckpts(d: str, image_size: int = 16, classifier: bool = True) -> tuple[str, str]:
+    from fakes import tiny_classifier_checkpoint, tiny_diffusion_checkpoint
+
+    diff = tiny_diffusion_checkpoint(os.path.join(d, "diff.pt"), counts=(200, 100, 40, 10), image_size=image_size)
+    clf = tiny_classifier_checkpoint(os.path.join(d, "clf.pt"), image_size=image_size) if classifier else ""
+    return diff, clf
+
+
+def _cfg(*sets: str):
+    from ltaug.config import load_config
+
+    return load_config(None, list(sets))
+
+
+# --------------------------------------------------------------------------------------------- generation
+
+
+def generation_pipeline_vs_bare(quick: bool) -> dict:
+    import numpy as np
+    import ray
+
+    from ltaug.distributed.generation import run_generation, setup_generation
+    from ltaug.generate import GenerationPlan, ImageGenerator
+
+    n_img, steps, bs = (96, 10, 32) if quick else (384, 25, 64)
+    with tempfile.TemporaryDirectory() as d:
+        diff, clf = _tiny_ckpts(d)
+        cfg = _cfg(f"model.checkpoint={diff}", f"classifier.checkpoint={clf}", f"generate.output_uri={d}/out",
+                   f"sample.steps={steps}", f"generate.batch_size={bs}", "generate.shard_size=32",
+                   f"generate.budget=[0,{n_img // 2},{n_img // 4},{n_img // 4}]", "generate.score_iters=1",
+                   "resources.num_workers=1", "resources.cpus_per_worker=2")
+        setup = setup_generation(cfg, d)
+        # bare: the same sampler, model and batch size in a plain loop (no filter, no encoding, no writes)
+        gen = ImageGenerator(setup.generator)
+        plan: GenerationPlan = setup.plan
+        gen(plan.rows(np.arange(min(bs, plan.total))))                       # warm-up
+        t0 = time.perf_counter()
+        for a in range(0, plan.total, bs):
+            gen(plan.rows(np.arange(a, min(a + bs, plan.total))))
+        bare = plan.total / (time.perf_counter() - t0)
+        ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=200 * 2**20)
+        try:
+            res = run_generation(setup, cfg.resources)
+        finally:
+            ray.shutdown()
+        pipe = res["manifest"]["generated"] / res["seconds"]
+    return {"generation_pipeline_vs_bare": round(pipe / bare, 3), "generation_pipeline_img_s": round(pipe, 2),
+            "generation_bare_img_s": round(bare, 2), "generation_images": n_img, "generation_sample_steps": steps}
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def ray_train_vs_bare(quick: bool) -> dict:
+    import ray
+
+    from ltaug.cli import open_run
+    from ltaug.distributed.train import run_training
+
+    steps = 40 if quick else 200
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as d:
+        base = ["data.image_size=16", "model.preset=tiny", f"train.steps={steps}", "train.batch_size=32",
+                f"train.log_every={steps // 4}", "train.ckpt_every=0", "train.warmup=0", "tracking.uri=none",
+                f"run.output_dir={d}/runs"]
+
+        def once(workers: int) -> tuple[float, float]:
+            cfg = _cfg(*base, f"resources.num_workers={workers}", "resources.cpus_per_worker=1",
+                       f"run.name=bench-{workers}")
+            run = open_run(cfg, "train_diffusion", tracked=False)
+            t0 = time.perf_counter()
+            r = run_training(cfg, run, "diffusion")
+            wall = time.perf_counter() - t0
+            sps = [h["steps_per_s"] for h in r["history"][1:]] or [h["steps_per_s"] for h in r["history"]]
+            return sum(sps) / len(sps), steps / wall
+
+        bare, bare_wall = once(0)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=200 * 2**20)
+        try:
+            one, one_wall = once(1)
+            two, two_wall = once(2)
+        finally:
+            ray.shutdown()
+    out.update({"ray_train_vs_bare": round(one / bare, 3), "ray_train_2_workers_scaling": round(two / one, 3),
+                "ray_train_vs_bare_wall": round(one_wall / bare_wall, 3), "train_bare_steps_s": round(bare, 2),
+                "train_ray1_steps_s": round(one, 2), "train_ray2_steps_s": round(two, 2), "train_steps": steps})
+    return out
+
+
+# --------------------------------------------------------------------------------------------- S3 writes
+
+
+def _moto() -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(150):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def shard_write_vs_raw_upload(quick: bool) -> dict:
+    import numpy as np
+
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_REGION": "us-east-1"})
+    proc, url = _moto()
+    os.environ["AWS_ENDPOINT_URL"] = url
+    try:
+        import fsspec
+        import s3fs
+
+        from ltaug import storage
+        from ltaug.generate import GenerationPlan, ShardStats, build_tar, publish_shard
+        from ltaug.generate.shards import encode_png
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        fs = fsspec.filesystem("s3", endpoint_url=url)
+        fs.mkdir("bench")
+        n_shards, per = (8, 256) if quick else (24, 512)
+        rng = np.random.default_rng(0)
+        plan = GenerationPlan((n_shards * per,), 0, per)
+        tars = []
+        for s in range(n_shards):
+            samples = [(f"c0000_{s * per + i:07d}", {"png": encode_png(rng.integers(0, 255, (32, 32, 3), np.uint8)),
+                                                     "cls": b"0", "json": b'{"class": 0}'}) for i in range(per)]
+            tars.append(build_tar(samples))
+        mb = sum(len(t) for t in tars) / 2**20
+        fs.pipe_file("bench/warm", b"x")
+        raw = ours = 0.0
+        for rep in range(3):   # interleaved rounds, best of each: moto's own slow-down over time hits both alike
+            t0 = time.perf_counter()
+            for s, data in enumerate(tars):
+                fs.pipe_file(f"bench/raw{rep}/{s:06d}.tar", data)
+            raw = max(raw, mb / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            for s, data in enumerate(tars):
+                publish_shard(f"s3://bench/shards{rep}", data,
+                              ShardStats(s, plan.shard_name(s), plan.digest, bytes=len(data)))
+            ours = max(ours, mb / (time.perf_counter() - t0))
+        storage_uri = "s3://bench/shards0"
+        assert len(storage.listdir(storage_uri, ".tar")) == n_shards
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        os.environ.pop("AWS_ENDPOINT_URL", None)
+    return {"shard_write_vs_raw_upload": round(ours / raw, 3), "shard_write_mb_s": round(ours, 2),
+            "raw_upload_mb_s": round(raw, 2), "shard_write_mb": round(mb, 2)}
+
+
+# --------------------------------------------------------------------------------------------- memory
+
+_RSS_SNIPPET = r"""
+import resource, sys, json
+sys.path.insert(0, sys.argv[1])
+from ltaug.config import load_config
+from ltaug.distributed.generation import run_generation, setup_generation
+cfg = load_config(None, sys.argv[3:])
+res = run_generation(setup_generation(cfg, sys.argv[2]), cfg.resources)
+print(json.dumps({"rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "n": res["manifest"]["generated"]}))
+"""
+
+
+def generation_peak_rss_ratio_10x(quick: bool) -> dict:
+    n = 48 if quick else 200
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        diff, clf = _tiny_ckpts(d, image_size=8)
+        for mult in (1, 10):
+            sets = [f"model.checkpoint={diff}", f"classifier.checkpoint={clf}", f"generate.output_uri={d}/out{mult}",
+                    "sample.steps=2", "generate.shard_size=32", "generate.batch_size=16", "generate.score_iters=1",
+                    f"generate.budget=[0,{n * mult},0,0]", "resources.num_workers=0"]
+            r = subprocess.run([sys.executable, "-c", _RSS_SNIPPET, str(ROOT), d, *sets], capture_output=True,
+                               text=True, timeout=1800)
+            if r.returncode:
+                raise RuntimeError(r.stderr[-2000:])
+            out[mult] = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"generation_peak_rss_ratio_10x": round(out[10]["rss_kb"] / out[1]["rss_kb"], 3),
+            "generation_peak_rss_1x_mb": round(out[1]["rss_kb"] / 1024, 1),
+            "generation_peak_rss_10x_mb": round(out[10]["rss_kb"] / 1024, 1),
+            "generation_rss_images_1x": out[1]["n"], "generation_rss_images_10x": out[10]["n"]}
+
+
+BENCHES = (generation_pipeline_vs_bare, ray_train_vs_bare, shard_write_vs_raw_upload, generation_peak_rss_ratio_10x)
+
+
+def run(quick: bool = True) -> dict:
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    results: dict = {}
+    for b in BENCHES:
+        t0 = time.perf_counter()
+        try:
+            results.update(b(quick))
+        except Exception as e:  # noqa: BLE001 - one failed benchmark must not hide the others
+            results[f"{b.__name__}_error"] = f"{type(e).__name__}: {e}"[:500]
+        results[f"{b.__name__}_seconds"] = round(time.perf_counter() - t0, 1)
+    return results
+
+
+if __name__ == "__main__":
+    names = [a for a in sys.argv[1:] if not a.startswith("--")]
+    quick = "--full" not in sys.argv
+    if names:
+        res = {}
+        for b in BENCHES:
+            if b.__name__ in names:
+                res.update(b(quick))
+    else:
+        res = run(quick)
+    print(json.dumps(res, indent=1))
