@@ -1,0 +1,94 @@
+"""The one training loop: resume equals uninterrupted (bit-identical), StepBatches, checkpoints."""
+import torch
+from torch import nn
+
+from ltaug.train import LocalWorld, LoopSpec, StepBatches, fit, lr_factor
+from ltaug.train import checkpoint as ckpt_io
+
+torch.set_num_threads(1)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+X = torch.randn(40, 4, generator=torch.Generator().manual_seed(1))
+Y = X.sum(1, keepdim=True)
+
+
+def objective(batches):
+    def obj(model, step, g):
+        idx = batches.indices(step)
+        noise = torch.randn(len(idx), 1, generator=g) * 0.01
+        loss = (model(X[idx]) - Y[idx] - noise).pow(2).mean()
+        return loss, {"mse": float(loss.detach())}
+    return obj
+
+
+def spec(steps, **kw):
+    return LoopSpec(steps=steps, lr=0.01, warmup=2, grad_clip=1.0, ema_decay=0.9, ckpt_every=kw.pop("ckpt_every", 0),
+                    log_every=1, seed=3, **kw)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    torch.manual_seed(123)
+    a = fit(Net(), objective(StepBatches(40, 8, seed=5)), spec(7, ckpt_every=3), LocalWorld("cpu"),
+            ckpt_dir=str(tmp_path / "a"), progress=False)
+    torch.manual_seed(123)
+    fit(Net(), objective(StepBatches(40, 8, seed=5)), spec(4), LocalWorld("cpu"), ckpt_dir=str(tmp_path / "b"),
+        progress=False)
+    torch.manual_seed(999)  # global RNG state differs after the "restart"; the checkpoint restores it
+    b = fit(Net(), objective(StepBatches(40, 8, seed=5)), spec(7), LocalWorld("cpu"), ckpt_dir=str(tmp_path / "b"),
+            progress=False)
+    assert b.resumed_from == 4 and b.step == 7
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(va, vb), k
+    for va, vb in zip(a.ema.state_dict().values(), b.ema.state_dict().values()):
+        assert torch.equal(va, vb)
+    assert [h["loss"] for h in a.history[4:]] == [h["loss"] for h in b.history]
+
+
+def test_every_hooks_and_checkpoint_contents(tmp_path):
+    calls = []
+    res = fit(Net(), objective(StepBatches(40, 8)), spec(4, ckpt_every=2), LocalWorld("cpu"),
+              ckpt_dir=str(tmp_path), config={"a": 1}, kind="toy", extra={"n": 2},
+              every=[(3, lambda st: calls.append(st.step))], progress=False)
+    assert calls == [3, 4]
+    ck = ckpt_io.load(res.checkpoint)
+    assert set(ck) >= {"format", "kind", "config", "model", "ema", "optimizer", "step", "rng", "extra"}
+    assert ck["kind"] == "toy" and ck["step"] == 4 and ck["config"] == {"a": 1}
+    assert [s for s, _ in ckpt_io.list_checkpoints(str(tmp_path))] == [2, 4]
+
+
+def test_latest_valid_skips_corrupt(tmp_path):
+    fit(Net(), objective(StepBatches(40, 8)), spec(4, ckpt_every=2), LocalWorld("cpu"), ckpt_dir=str(tmp_path),
+        progress=False)
+    newest = ckpt_io.path_for(str(tmp_path), 4)
+    with open(newest, "r+b") as fh:
+        fh.truncate(100)
+    import pytest
+    with pytest.warns(UserWarning, match="skipping"):
+        ck = ckpt_io.latest_valid(str(tmp_path))
+    assert ck["step"] == 2
+
+
+def test_step_batches_are_a_function_of_step():
+    b = StepBatches(10, 4, seed=1)
+    seq = [b.global_indices(s).tolist() for s in range(6)]
+    fresh = StepBatches(10, 4, seed=1)
+    assert [fresh.global_indices(s).tolist() for s in reversed(range(6))] == list(reversed(seq))
+    flat = sum(seq[:5], [])[:10]
+    assert sorted(flat) == list(range(10))  # first epoch is a permutation
+    r0, r1 = StepBatches(10, 4, seed=1, rank=0, world_size=2), StepBatches(10, 4, seed=1, rank=1, world_size=2)
+    assert sorted(r0.indices(3).tolist() + r1.indices(3).tolist()) == sorted(seq[3])
+
+
+def test_lr_factor():
+    s = LoopSpec(steps=10, lr=1.0, warmup=4, milestones=(6,), gamma=0.1)
+    assert [round(lr_factor(s, i), 3) for i in range(8)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 0.1, 0.1]
