@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from . import storage
-from .config import Config, ConfigError, config_to_yaml, describe, digest, flat_params, load_config
+from .config import (Config, ConfigError, config_to_yaml, describe, digest, flat_params, load_config,
+                     public_dict)
 from .track import NullTracker, Tracker, make_tracker
 
 EPILOG = """config keys (use --set KEY=VALUE, repeatable; --list-keys shows all with defaults):
@@ -71,8 +72,15 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+RUN_NAME_IGNORES = ("resources", "tracking", "run")  # where/how a job runs does not change what it computes
+
+
 def run_name(cfg: Config, job: str) -> str:
-    return cfg.run.name or f"{job}-{digest(cfg)}"
+    """Stable run name: the job plus a digest of what it computes, so resubmitting resumes (also on M workers)."""
+    if cfg.run.name:
+        return cfg.run.name
+    d = {k: v for k, v in public_dict(cfg).items() if k not in RUN_NAME_IGNORES}
+    return f"{job}-{digest(d)}"
 
 
 def open_run(cfg: Config, job: str, parent_run_id: str | None = None, tracked: bool = True) -> Run:
