@@ -14,9 +14,11 @@ DESCRIPTION = """Train a classifier on the long-tailed train set (optionally + s
 omega), save the checkpoint with its feature bank, and evaluate on the balanced test set.
 
 summary.json: checkpoint, acc_all, acc_many, acc_medium, acc_few, per_class (+ num_real, num_synthetic,
-steps; baseline_* when classifier.checkpoint is given; synthetic_shares when the synthetic set is scored).
+steps; baseline_* when classifier.checkpoint is given; synthetic_shares (ID/AID/OOD) when a baseline scores
+the synthetic set; generative: FID/KID/precision/recall/density/coverage/group FID/AvgkNN/LOF/rarity of the
+synthetic set against the balanced test set in eval.features space).
 Artifacts: confusion.json, confusion.png, class_histogram.png, per_class_accuracy.png, samples_real.png
-(+ samples_synthetic.png, id_aid_ood.png with synthetic data and a baseline).
+(+ samples_synthetic.png, generative.json with synthetic data; id_aid_ood.png with a baseline too).
 
 examples:
   python jobs/train_classifier.py --config configs/quickstart.yaml
@@ -97,12 +99,34 @@ def body(cfg, run, args) -> dict:
             plots.per_class_accuracy(report["per_class"], run.local("per_class_accuracy.png"), baseline_pc, data.groups),
             plots.sample_grid(data.train.images, data.train.labels, run.local("samples_real.png"), K,
                               cfg.eval.grid_per_class, "real (long-tailed train set)")]
+    if synthetic is not None and len(synthetic) >= 2:
+        summary["generative"] = _generative(cfg, run, data, synthetic, baseline or result.model, bank)
     if synthetic is not None and len(synthetic):
         made.append(plots.sample_grid(synthetic.images, synthetic.labels, run.local("samples_synthetic.png"), K,
                                       cfg.eval.grid_per_class, "synthetic"))
     for p in made:
         run.publish(p, os.path.basename(p))
     return summary
+
+
+def _generative(cfg, run, data, synthetic, classifier, bank) -> dict:
+    """Generative metrics of the synthetic set against the balanced test set (features: eval.features)."""
+    import torch
+
+    from ltaug.eval import evaluate_generated, make_feature_space
+
+    space = make_feature_space(cfg.eval, classifier=classifier, device=next(classifier.parameters()).device)
+    (rx, ry), (fx, fy) = data.test.tensors(), synthetic.tensors()
+    rep = evaluate_generated(space, rx, ry, fx, fy, data.num_classes, data.groups, cfg.eval.knn_k,
+                             cfg.eval.kid_subsets, cfg.eval.kid_subset_size, torch.Generator().manual_seed(cfg.seed),
+                             bank=bank, bank_space=make_feature_space(cfg.eval, classifier=classifier) if bank is not None else None)
+    rep["reference"] = "balanced test set"
+    rep["features"] = cfg.eval.features
+    run.write_json("generative.json", rep)
+    keys = ("fid", "kid", "precision", "recall", "density", "coverage", "fid_many", "fid_medium", "fid_few",
+            "avg_knn", "lof", "rarity")
+    run.tracker.log_metrics({f"gen_{k}": rep[k] for k in keys if isinstance(rep.get(k), float)})
+    return {k: rep.get(k) for k in keys}
 
 
 def main(argv=None) -> int:

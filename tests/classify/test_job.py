@@ -65,3 +65,4 @@ def test_job_trains_evaluates_and_mixes_filtered_synthetic_shards(tmp_path, caps
     assert set(aug["synthetic_shares"]) == {"id", "aid", "ood"} and "baseline_acc_all" in aug
     assert (Path(aug["run_dir"]) / "id_aid_ood.png").exists()
     assert (Path(aug["run_dir"]) / "samples_synthetic.png").exists()
+    assert aug["generative"]["fid"] > 0 and (Path(aug["run_dir"]) / "generative.json").exists()
