@@ -55,8 +55,10 @@ class CrossEntropy(LongTailMethod):
 @dataclass(frozen=True)
 class ClassBalancedResampling(LongTailMethod):
     def sample_weights(self, labels: np.ndarray) -> Tensor:
-        n = np.maximum(np.asarray(self.counts, dtype=np.float64), 1e-12)
-        return torch.from_numpy(1.0 / n[labels])
+        """``1 / n_c`` with n_c counted in the pool drawn from (real + synthetic): classes equally likely."""
+        labels = np.asarray(labels, dtype=np.int64)
+        n = np.bincount(labels, minlength=len(self.counts)).astype(np.float64)
+        return torch.from_numpy(1.0 / np.maximum(n, 1.0)[labels])
 
 
 @dataclass(frozen=True)

@@ -54,17 +54,21 @@ def per_class_accuracy(accuracy: Sequence[float | None], path: str, baseline: Se
     fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(acc)), 3.5))
     if groups:
         for g, color in zip(("many", "medium", "few"), ("#eef", "#efe", "#fee")):
-            for c in groups.get(g, []):
-                ax.axvspan(c - 0.5, c + 0.5, color=color, lw=0)
+            for i, c in enumerate(groups.get(g, [])):
+                ax.axvspan(c - 0.5, c + 0.5, color=color, lw=0, label=g if i == 0 else None)
     w = 0.4 if baseline is not None else 0.8
     if baseline is not None:
         base = np.array([np.nan if a is None else a for a in baseline], dtype=float)
         ax.bar(k - w / 2, base, width=w, color="tab:gray", label="baseline")
         ax.bar(k + w / 2, acc, width=w, color="tab:blue", label="augmented")
-        ax.legend()
+        ax.legend(fontsize=7)
     else:
         ax.bar(k, acc, width=w, color="tab:blue")
+        if groups:
+            ax.legend(fontsize=7)
     ax.set_ylim(0, 1)
+    if len(acc) <= 30:
+        ax.set_xticks(k)
     ax.set_xlabel("class")
     ax.set_ylabel("top-1")
     ax.set_title(title)
