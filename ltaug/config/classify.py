@@ -30,7 +30,7 @@ class ClassifierConfig:
     method: str = F("ce", choices=METHODS,
                     help="long-tail method: ce, resample (class-balanced sampling), balanced_softmax (logit adjustment), drw")
     width: int = F(16, ge=4, help="CIFAR ResNet base width (16 = standard, ResNet-32 = 0.46M params)")
-    steps: int = F(200, ge=0, help="optimisation steps of classifier training (ignored when epochs > 0)")
+    steps: int = F(150, ge=0, help="optimisation steps of classifier training (ignored when epochs > 0)")
     epochs: float = F(0.0, ge=0.0, help="train for this many epochs of the real+synthetic set instead of steps "
                                         "(CIFAR-LT recipe: 200); 0 = use steps")
     batch_size: int = F(64, ge=1, help="per-step batch (CIFAR-LT recipe: 128)")

@@ -95,3 +95,13 @@ def test_filter_is_a_pure_function_over_batch_dicts(tmp_path):
     assert len(out["key"]) == 0 and len(out["image"]) == 0
     out = IdAidOodFilter(r.model, far, keep=("ood",), drop=False)(batch)
     assert out["keep"].all() and (out["category"] == 2).all() and len(out["label"]) == len(data)
+
+
+def test_rerun_resumes_from_the_finished_checkpoint(tmp_path):
+    data = _tiny_set()
+    a = train_classifier(TINY, data, LocalWorld("cpu"), ckpt_dir=str(tmp_path / "ck"), progress=False)
+    b = train_classifier(TINY, data, LocalWorld("cpu"), ckpt_dir=str(tmp_path / "ck"), progress=False)
+    assert b.checkpoint == a.checkpoint and b.steps == a.steps and not b.history
+    assert torch.allclose(b.bank.centers, a.bank.centers, atol=1e-5)
+    _, bank = load_classifier(b.checkpoint)
+    assert torch.allclose(bank.radii, a.bank.radii, atol=1e-5)
