@@ -72,6 +72,20 @@ def from_dict(data: dict[str, Any]) -> Config:
     return build(Config, data)
 
 
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with dotted keys replaced (``{"classifier.method": "ce"}``), re-validated."""
+    d = to_dict(cfg)
+    for key, value in values.items():
+        node = d
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        if last not in node:
+            raise ConfigError(f"unknown key {key!r}")
+        node[last] = value
+    return build(Config, d)
+
+
 def config_to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(public_dict(cfg), sort_keys=False)
 
@@ -100,7 +114,7 @@ def digest(cfg: Config | dict[str, Any], length: int = 10) -> str:
 
 
 __all__ = ["Config", "ConfigError", "load_config", "from_dict", "config_to_yaml", "public_dict",
-           "flat_params", "digest", "describe", "DataConfig", "RunConfig", "TrackingConfig",
+           "flat_params", "digest", "with_values", "describe", "DataConfig", "RunConfig", "TrackingConfig",
            "ResourcesConfig", "ModelConfig", "DiffusionConfig", "LossConfig", "TrainConfig",
            "SampleConfig", "GuidanceConfig", "ClassifierConfig", "FilterConfig", "EvalConfig",
            "GenerateConfig", "TuneConfig", "PipelineConfig"]

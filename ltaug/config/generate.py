@@ -46,6 +46,17 @@ class TuneConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    classical: tuple[str, ...] = F(("resample", "balanced_softmax"), help="classical baselines to run")
+    classical: tuple[str, ...] = F(("resample", "balanced_softmax"),
+                                   help="classical long-tail baselines trained on the real data only (classifier.method names)")
+    baseline_method: str = F("ce", choices=("ce", "resample", "balanced_softmax", "drw"),
+                             help="method of the baseline classifier (its features also drive AID, the filter and the metrics)")
+    augmented_method: str = F("ce", choices=("ce", "resample", "balanced_softmax", "drw"),
+                              help="method of the downstream classifier trained on real + synthetic (DiffuLT: ce)")
     diffusion_steps: int = F(0, ge=0, help="diffusion training steps in the pipeline (0 = train.steps)")
-    shards: str = F("", help="existing shards: skip generation")
+    shards: str = F("", help="existing shards (local or s3://): skip generation")
+
+    def validate(self, prefix: str) -> None:
+        allowed = ("ce", "resample", "balanced_softmax", "drw")
+        bad = [m for m in self.classical if m not in allowed]
+        if bad:
+            raise ConfigError(f"{prefix}.classical: {bad[0]!r} is not allowed; choose from {list(allowed)}")

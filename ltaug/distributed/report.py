@@ -1,0 +1,109 @@
+"""The pipeline's evaluation stage: generative metrics of the kept synthetic set, plots, a Markdown report."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..cli import Run
+from ..config import Config
+from ..data import LTDataset, ImageSet
+
+ACC = ("acc_all", "acc_many", "acc_medium", "acc_few")
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def write_report(cfg: Config, run: Run, data: LTDataset, baseline: dict[str, Any], classical: dict[str, dict],
+                 augmented: dict[str, Any], synthetic: ImageSet, gen: dict[str, Any]) -> dict[str, Any]:
+    from ..classify import IdAidOodFilter, load_classifier
+    from ..eval import evaluate_generated, make_feature_space, plots
+
+    device = "cuda" if (cfg.resources.use_gpu and torch.cuda.is_available()) else "cpu"
+    model, bank = load_classifier(baseline["checkpoint"], device)
+    K = data.num_classes
+    real_counts = data.train.counts.as_array()
+    syn_counts = np.bincount(synthetic.labels, minlength=K) if len(synthetic) else np.zeros(K, np.int64)
+    made: dict[str, str] = {}
+    made["class_histogram"] = plots.class_histogram(real_counts, run.local("plots", "class_histogram.png"), syn_counts,
+                                                    data.train.class_names, "train images per class: real + synthetic")
+    made["per_class_accuracy"] = plots.per_class_accuracy(augmented["report"]["per_class"],
+                                                          run.local("plots", "per_class_accuracy.png"),
+                                                          baseline["report"]["per_class"], data.groups,
+                                                          "per-class top-1: augmented vs baseline")
+    made["samples_real"] = plots.sample_grid(data.train.images, data.train.labels, run.local("plots", "samples_real.png"),
+                                             K, cfg.eval.grid_per_class, "real (long-tailed train set)")
+    generative = None
+    if len(synthetic):
+        made["samples_synthetic"] = plots.sample_grid(synthetic.images, synthetic.labels,
+                                                      run.local("plots", "samples_synthetic.png"), K,
+                                                      cfg.eval.grid_per_class, "synthetic (kept)")
+        if bank is not None:
+            scored = IdAidOodFilter(model, bank, cfg.filter.keep, drop=False,
+                                    batch_size=cfg.classifier.eval_batch_size)({"image": synthetic.images,
+                                                                                "label": synthetic.labels})
+            made["id_aid_ood"] = plots.distance_histogram(scored["distance"], bank.radii.cpu().numpy()[synthetic.labels],
+                                                          scored["category"], run.local("plots", "id_aid_ood.png"),
+                                                          "kept synthetic: distance to class centre / d_f")
+        if len(synthetic) >= 2:
+            space = make_feature_space(cfg.eval, classifier=model, device=device)
+            (rx, ry), (fx, fy) = data.test.tensors(), synthetic.tensors()
+            generative = evaluate_generated(space, rx, ry, fx, fy, K, data.groups, cfg.eval.knn_k,
+                                            cfg.eval.kid_subsets, cfg.eval.kid_subset_size,
+                                            torch.Generator().manual_seed(cfg.seed), bank=bank)
+            run.write_json("generative.json", generative)
+            flat = {f"gen_{k}": v for k, v in generative.items() if isinstance(v, (int, float)) and v is not None}
+            run.tracker.log_metrics(flat)
+    for p in made.values():
+        run.publish(p, os.path.relpath(p, run.local_dir), "plots")
+    md = _markdown(cfg, data, baseline, classical, augmented, gen, len(synthetic), generative, made, run)
+    path = run.local("report.md")
+    with open(path, "w") as fh:
+        fh.write(md)
+    uri = run.publish(path, "report.md")
+    return {"generative": _compact(generative), "report": uri}
+
+
+def _compact(gen: dict[str, Any] | None) -> dict[str, Any] | None:
+    if gen is None:
+        return None
+    return {k: v for k, v in gen.items() if isinstance(v, (int, float, str)) or k == "id_aid_ood"}
+
+
+def _markdown(cfg: Config, data: LTDataset, baseline, classical, augmented, gen, n_syn: int,
+              generative, made: dict[str, str], run: Run) -> str:
+    rows = [("baseline (" + cfg.pipeline.baseline_method + ")", baseline)] + \
+        [(m, r) for m, r in classical.items()] + [(f"augmented ({cfg.pipeline.augmented_method} + synthetic)", augmented)]
+    lines = [f"# ltaug pipeline report — {cfg.data.source}, r = {cfg.data.imbalance_ratio:g}", "",
+             f"Train counts per class: {list(data.counts.counts)}; test set balanced ({len(data.test)} images). "
+             f"Groups: " + ", ".join(f"{g} = {v}" for g, v in data.groups.items()), "",
+             "## Top-1 on the balanced test set (%)", "",
+             "| method | all | many | medium | few |", "|---|---|---|---|---|"]
+    for name, r in rows:
+        rep = r["report"]
+        lines.append(f"| {name} | " + " | ".join(_pct(rep[k]) for k in ACC) + " |")
+    man = gen.get("manifest")
+    lines += ["", "## Generation", ""]
+    if man:
+        cats = man.get("categories", {})
+        lines.append(f"Requested {man['requested']}, generated {man.get('generated')}, written {man['written']} "
+                     f"(ID {cats.get('id', 0)}, AID {cats.get('aid', 0)}, OOD {cats.get('ood', 0)}; kept: "
+                     f"{', '.join(cfg.filter.keep)}). Synthetic images used for training: {n_syn}, weight "
+                     f"omega = {cfg.classifier.synthetic_weight}. Sampler {cfg.sample.sampler} x {cfg.sample.steps} steps, "
+                     f"CFG omega {cfg.guidance.cfg.omega}, minority scale {cfg.guidance.minority.scale} "
+                     f"(every {cfg.guidance.minority.every}). Shards: `{gen['output_uri']}`.")
+    if generative:
+        keys = [k for k in ("fid", "kid", "precision", "recall", "density", "coverage", "fid_few", "avg_knn", "lof",
+                            "rarity") if k in generative]
+        lines += ["", "Generative metrics of the kept synthetic set against the balanced test set, in the baseline "
+                  "classifier's feature space:", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
+                  "| " + " | ".join(f"{generative[k]:.4g}" if isinstance(generative[k], (int, float)) else str(generative[k])
+                                    for k in keys) + " |"]
+    lines += ["", "## Plots", ""]
+    for name, p in made.items():
+        lines.append(f"![{name}]({os.path.relpath(p, run.local_dir)})")
+    return "\n".join(lines) + "\n"
