@@ -1,5 +1,6 @@
 """Train the class-conditional diffusion model (UNet + CompositeLoss: mse, cbdm, aid, infonce, cond_uncond)
-on the configured long-tailed train set, in a single process. Resumes from the run's checkpoints.
+on the configured long-tailed train set: in-process (resources.num_workers=0) or with Ray Train DDP on
+resources.num_workers workers. Resumes from the run's checkpoints (also on a different worker count).
 Writes periodic sample grids and summary.json (with `checkpoint`); prints the run dir last.
 
     python jobs/train_diffusion.py --config configs/quickstart.yaml
@@ -34,11 +35,18 @@ def body(cfg, run, args) -> dict:
         p = save_grid_png(to_uint8(images), run.local(name), nrow=GRID_PER_CLASS, scale=2)
         grids.append(run.publish(p, name, "samples"))
 
+    if cfg.resources.num_workers >= 1:  # Ray Train (DDP), the same pure training function on every worker
+        from ltaug.distributed.train import run_training
+
+        out = run_training(cfg, run, "diffusion")
+        last = out["history"][-1] if out.get("history") else {}
+        return {"checkpoint": out["checkpoint"], "steps": out["step"], "resumed_from": out["resumed_from"],
+                "world_size": out["world_size"], "final_loss": last.get("loss")}
     res = train_diffusion(cfg, data, world, run.path("checkpoints"), feature_space=space, on_grid=on_grid)
     last = res.history[-1] if res.history else {}
     return {"checkpoint": res.checkpoint, "steps": res.step, "resumed_from": res.resumed_from,
             "final_loss": last.get("loss"), "final_losses": {k: v for k, v in last.items() if k.startswith("loss")},
-            "grids": grids}
+            "grids": grids, "world_size": 1}
 
 
 if __name__ == "__main__":

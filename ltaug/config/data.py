@@ -52,7 +52,7 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    num_workers: int = F(1, ge=0, help="Ray Train workers / Ray Data generator actors (0 = in-process, no Ray)")
+    num_workers: int = F(0, ge=0, help="Ray Train workers / Ray Data generator actors (0 = in-process without Ray; >= 1 starts or joins a Ray cluster)")
     use_gpu: bool = F(False, help="use GPUs (one per worker / actor)")
     cpus_per_worker: float = F(1.0, gt=0.0, help="CPUs reserved per worker / actor")
     max_failures: int = F(2, ge=-1, help="Ray Train / Data retries after a worker failure (-1 = forever)")
