@@ -25,8 +25,8 @@ examples:
   python jobs/train_classifier.py --set classifier.method=balanced_softmax --set classifier.steps=500
   python jobs/train_classifier.py --set classifier.synthetic_uri=runs/gen/shards --set classifier.synthetic_weight=0.3 \\
       --set classifier.checkpoint=runs/baseline/checkpoints --set filter.apply=true
-  CIFAR-LT recipe: --set classifier.epochs=200 --set classifier.batch_size=128 (lr 0.1, momentum 0.9,
-      wd 2e-4, milestones [0.8, 0.9], warm-up 0.025 are the defaults)
+  CIFAR-LT recipe: --set classifier.epochs=200 --set classifier.batch_size=128 --set classifier.warmup=0.025
+      (lr 0.1, momentum 0.9, wd 2e-4, milestones [0.8, 0.9] are the defaults)
 
 classifier keys: checkpoint, arch (resnet20/32/56, resnet10/18/50), method (ce, resample, balanced_softmax,
 drw), steps | epochs, batch_size, lr, momentum, weight_decay, milestones, warmup, la_tau, drw_start,

@@ -53,7 +53,7 @@ def test_per_class_synthetic_quotas():
 
 
 def test_cifar_lt_recipe_is_reachable_by_config():
-    c = load_config(None, ["classifier.epochs=200", "classifier.batch_size=128"]).classifier
+    c = load_config(None, ["classifier.epochs=200", "classifier.batch_size=128", "classifier.warmup=0.025"]).classifier
     assert (c.lr, c.momentum, c.weight_decay) == (0.1, 0.9, 2e-4)
     spec = loop_spec(c, n_train=10847)               # CIFAR-10-LT, r = 100
     steps_per_epoch = 10847 / 128
