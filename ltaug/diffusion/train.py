@@ -148,8 +148,14 @@ class LoadedDiffusion:
 
 
 def load_diffusion(uri: str, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedDiffusion:
-    """Model (EMA weights when present and ``use_ema``) + schedule from a ``train_diffusion`` checkpoint."""
-    ck = ckpt_io.load(uri, map_location="cpu")
+    """Model (EMA weights when present and ``use_ema``) + schedule from a ``train_diffusion`` checkpoint file,
+    or from the newest valid checkpoint in a directory (a corrupt newest one is skipped with a warning)."""
+    if uri.endswith(".pt"):
+        ck = ckpt_io.load(uri, map_location="cpu")
+    else:
+        ck = ckpt_io.latest_valid(uri, map_location="cpu")
+        if ck is None:
+            raise ckpt_io.CheckpointError(f"no diffusion checkpoint under {uri}")
     if ck.get("kind") != KIND:
         raise ckpt_io.CheckpointError(f"{uri}: a {ck.get('kind')!r} checkpoint, not a diffusion one")
     sd = dict(ck["extra"]["spec"])
