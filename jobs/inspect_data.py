@@ -7,7 +7,10 @@ many/medium/few groups, a class histogram PNG. Writes summary.json; prints the r
 """
 from __future__ import annotations
 
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # ray job submit --working-dir .
 
 from ltaug.cli import job_main
 from ltaug.data import load_dataset

@@ -13,7 +13,10 @@ mlflow_run_ids, checkpoints, report (report.md with plots).
 """
 from __future__ import annotations
 
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # ray job submit --working-dir .
 
 from ltaug.cli import job_main
 

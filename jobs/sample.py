@@ -10,7 +10,10 @@ classifier-free guidance (`guidance.cfg.omega`) and minority self-guidance (`gui
 """
 from __future__ import annotations
 
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # ray job submit --working-dir .
 
 import numpy as np
 import torch

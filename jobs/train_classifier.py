@@ -74,7 +74,19 @@ def body(cfg, run, args) -> dict:
         synthetic = select_synthetic(synthetic, data.train.counts, c.synthetic_max_per_class, c.synthetic_fill_to,
                                      torch.Generator().manual_seed(cfg.seed))
 
-    result = train_classifier(cfg, data, world, ckpt_dir=run.path("checkpoints"), synthetic=synthetic)
+    if cfg.resources.num_workers >= 1:  # Ray Train (DDP): the same pure training function on every worker
+        from types import SimpleNamespace
+
+        from ltaug.distributed.train import classifier_train_fn, run_training
+
+        fn = (lambda c_, w_, d_: classifier_train_fn(c_, w_, d_, synthetic=synthetic)) if synthetic is not None else None
+        out = run_training(cfg, run, "classifier", train_fn=fn)
+        model, _ = load_classifier(out["checkpoint"], device)
+        result = SimpleNamespace(model=model, checkpoint=out["checkpoint"], steps=out["step"],
+                                 num_real=out["num_real"], num_synthetic=out["num_synthetic"])
+        summary["world_size"] = out["world_size"]
+    else:
+        result = train_classifier(cfg, data, world, ckpt_dir=run.path("checkpoints"), synthetic=synthetic)
     report = evaluate_classifier(result.model, data.test, data.groups, c.eval_batch_size)
     K = data.num_classes
     summary.update({"checkpoint": result.checkpoint, **{k: report[k] for k in ("acc_all", "acc_many", "acc_medium", "acc_few")},

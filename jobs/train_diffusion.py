@@ -13,7 +13,10 @@ loss.cond_uncond; loss.label_drop is the classifier-free whole-batch label drop 
 """
 from __future__ import annotations
 
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # ray job submit --working-dir .
 
 from ltaug.cli import job_main
 from ltaug.data import load_dataset, to_uint8
