@@ -22,7 +22,13 @@ def make_tracker(uri: str, output_dir: str, experiment: str, run_name: str,
         return NullTracker()
     from .mlflow_tracker import MLflowTracker
 
-    return MLflowTracker(uri or default_uri(output_dir), experiment, run_name, parent_run_id, tags)
+    artifact_root = None
+    if not uri:  # the default SQLite store keeps its artifacts beside it (MLflow would use ./mlruns of the cwd)
+        from ..storage import is_remote
+
+        artifact_root = output_dir.rstrip("/") + "/mlartifacts" if is_remote(output_dir) else \
+            "file://" + os.path.abspath(os.path.join(output_dir, "mlartifacts"))
+    return MLflowTracker(uri or default_uri(output_dir), experiment, run_name, parent_run_id, tags, artifact_root)
 
 
 __all__ = ["Tracker", "NullTracker", "make_tracker", "default_uri"]

@@ -17,7 +17,7 @@ class MLflowTracker:
     """One MLflow run (optionally nested under a parent). Params are redacted of secrets."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, parent_run_id: str | None = None,
-                 tags: dict[str, str] | None = None) -> None:
+                 tags: dict[str, str] | None = None, artifact_root: str | None = None) -> None:
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -25,6 +25,7 @@ class MLflowTracker:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
+        self.artifact_root = artifact_root
         self.experiment_id = exp.experiment_id if exp else self._create_experiment(experiment)
         run_tags = dict(tags or {})
         if parent_run_id:
@@ -35,7 +36,7 @@ class MLflowTracker:
 
     def _create_experiment(self, name: str) -> str:
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, artifact_location=self.artifact_root)
         except Exception:  # noqa: BLE001 - a concurrent creator won the race
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -78,7 +79,7 @@ class MLflowTracker:
             self.client.set_tag(self.run_id, k, redact(str(v)))
 
     def child(self, name: str) -> "MLflowTracker":
-        return MLflowTracker(self.uri, self.experiment, name, parent_run_id=self.run_id)
+        return MLflowTracker(self.uri, self.experiment, name, parent_run_id=self.run_id, artifact_root=self.artifact_root)
 
     def close(self, status: str = "FINISHED") -> None:
         if self.run_id:

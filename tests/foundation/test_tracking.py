@@ -42,3 +42,15 @@ def test_null_tracker_and_none_uri(tmp_path):
     assert isinstance(t, NullTracker)
     t.log_metrics({"a": 1})
     t.child("x").close()
+
+
+def test_default_store_keeps_artifacts_in_the_output_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    t = make_tracker("", str(out), "exp2", "run-b")
+    (tmp_path / "a.txt").write_text("x")
+    t.log_artifact(str(tmp_path / "a.txt"))
+    t.child("c").log_artifact(str(tmp_path / "a.txt"))
+    t.close()
+    assert not (tmp_path / "mlruns").exists()
+    assert len(list((out / "mlartifacts").rglob("a.txt"))) == 2
