@@ -128,10 +128,13 @@ def sampler_flops_vs_diffusers(quick: bool) -> dict:
         raise RuntimeError("needs the bench extra: pip install -e .[bench] (diffusers)") from e
     B, steps = (32, 10) if quick else (64, 25)
     torch.manual_seed(0)
-    ref = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(24, 48, 48),
-                      layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                      up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8,
-                      num_class_embeds=11, attention_head_dim=48).eval()
+    tiny = PRESETS["tiny"]  # matched to our quickstart preset: widths, levels, attention at the last level
+    widths = tuple(tiny["ch"] * k for k in tiny["ch_mult"])
+    ref = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=widths,
+                      layers_per_block=tiny["num_res_blocks"],
+                      down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                      up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=tiny["groups"],
+                      num_class_embeds=11, attention_head_dim=widths[-1]).eval()
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
     y = torch.arange(B) % 10
 

@@ -116,7 +116,9 @@ def sample(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Seq
     eps_fn = EpsFn(model, labels, C, cfg)
     n = len(grid)
     x = per_sample_randn(gens, shape, device, dtype)
-    with _eval(model), torch.no_grad():
+    # Unguided runs never need autograd: inference_mode also skips version counters and view tracking.
+    # (Guided runs need no_grad: inference tensors cannot later become leaves with requires_grad.)
+    with _eval(model), (torch.inference_mode() if minority is None else torch.no_grad()):
         for i, t_i in enumerate(grid.t):
             t = torch.full((len(labels),), t_i, device=device, dtype=torch.long)
             guided = minority is not None and minority.active(i, n)
