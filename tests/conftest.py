@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no spin-wait stalls on shared cores
 import socket
 import subprocess
 import sys

@@ -12,7 +12,7 @@ LOSS_TERMS = ("mse", "cbdm", "aid", "infonce", "cond_uncond")
 class ModelConfig:
     checkpoint: str = F("", help="diffusion checkpoint to load (local or s3://)")
     preset: str = F("custom", choices=("custom", "tiny", "small", "cbdm"),
-                    help="UNet preset (tiny ~0.6M params, small ~4.4M, cbdm = CBDM CIFAR 35.7M); custom = the fields below")
+                    help="UNet preset (tiny ~0.8M params, small ~4.4M, cbdm = CBDM CIFAR 35.7M); custom = the fields below")
     ch: int = F(32, ge=4, help="base width of the UNet")
     ch_mult: tuple[int, ...] = F((1, 2, 2), help="channel multiplier per resolution level")
     num_res_blocks: int = F(1, ge=1, help="residual blocks per level")
