@@ -68,6 +68,8 @@ class SampleConfig:
     steps: int = F(50, ge=1, help="sampling steps (respaced)")
     eta: float = F(0.0, ge=0.0, le=1.0, help="DDIM eta (0 = deterministic)")
     variance: str = F("fixedlarge", choices=("fixedlarge", "fixedsmall"), help="DDPM variance")
+    clip_denoised: bool = F(False, help="clip x0_hat to [-1, 1] inside every step (CBDM clips only the returned image; "
+                                        "clipping stabilises small or briefly trained models)")
     batch_size: int = F(64, ge=1, help="images per sampler call")
     num_per_class: int = F(8, ge=1, help="images per class (jobs/sample.py)")
     classes: tuple[int, ...] = F((), help="classes to sample (empty = all)")

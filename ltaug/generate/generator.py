@@ -30,6 +30,7 @@ class GeneratorSpec:
     steps: int = 50
     eta: float = 0.0
     variance: str = "fixedlarge"
+    clip_denoised: bool = False
     use_ema: bool = True
     omega: float = 0.0
     minority: dict[str, Any] = field(default_factory=dict)   # guidance.minority fields
@@ -44,7 +45,8 @@ class GeneratorSpec:
             raise ValueError("model.checkpoint: a diffusion checkpoint is required to generate (local or s3://)")
         s, m = cfg.sample, cfg.guidance.minority
         return GeneratorSpec(checkpoint=cfg.model.checkpoint, checkpoint_digest=checkpoint_digest, sampler=s.sampler,
-                             steps=s.steps, eta=s.eta, variance=s.variance, use_ema=s.use_ema,
+                             steps=s.steps, eta=s.eta, variance=s.variance, clip_denoised=s.clip_denoised,
+                             use_ema=s.use_ema,
                              omega=cfg.guidance.cfg.omega,
                              minority={k: getattr(m, k) for k in ("scale", "every", "start", "stop", "perturb",
                                                                   "distance", "lpips_weights")},
@@ -91,7 +93,7 @@ class ImageGenerator:
         self.model, self.schedule = loaded.model, loaded.schedule
         self.num_classes = loaded.num_classes
         self.extra = loaded.extra
-        self.sampler = SamplerSpec(spec.sampler, spec.steps, spec.eta, spec.variance)
+        self.sampler = SamplerSpec(spec.sampler, spec.steps, spec.eta, spec.variance, spec.clip_denoised)
         extractor = None
         if spec.minority.get("scale", 0) > 0 and spec.minority.get("distance") == "classifier":
             from ..classify import load_classifier
