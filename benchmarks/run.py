@@ -40,6 +40,44 @@ def machine() -> dict:
             "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
+# (key, goal text, is the goal met?) for the latest-results table at the top of RESULTS.md
+GOALS = {
+    "sampler_guided_vs_unguided": ("<= 1.5", lambda v: v <= 1.5),
+    "loss_terms_cost_vs_passes": ("<= 1.1", lambda v: v <= 1.1),
+    "unet_flops_fraction_of_peak": (">= 0.8", lambda v: v >= 0.8),
+    "sampler_flops_vs_diffusers": (">= 1.0", lambda v: v >= 1.0),
+    "generation_pipeline_vs_bare": (">= 0.90", lambda v: v >= 0.9),
+    "ray_train_vs_bare": (">= 0.95", lambda v: v >= 0.95),
+    "shard_write_vs_raw_upload": (">= 0.8", lambda v: v >= 0.8),
+    "generation_peak_rss_ratio_10x": ("<= 1.2", lambda v: v <= 1.2),
+    "samples_lost": ("= 0", lambda v: v == 0),
+    "duplicates": ("= 0", lambda v: v == 0),
+}
+BEGIN, END = "<!-- latest:begin -->", "<!-- latest:end -->"
+
+
+def render_latest(results: dict, path: Path) -> None:
+    """Rewrite the marked table at the top of RESULTS.md from ``results`` (the rest of the file is kept)."""
+    m = results.get("machine", {})
+    rows = ["| key | value | goal | met |", "|---|---|---|---|"]
+    for k, v in results.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            goal, ok = GOALS.get(k, ("", None))
+            rows.append(f"| `{k}` | {v:.3g} | {goal} | {'' if ok is None else ('yes' if ok(v) else '**no**')} |")
+    block = "\n".join([BEGIN, "## Latest run", "",
+                        f"Command: `{results.get('command')}` on {m.get('cpu')} ({m.get('cores')} cores, torch "
+                        f"{m.get('torch')}, {m.get('torch_threads')} threads, 1-min load {m.get('load_avg_1min')}). "
+                        f"Errors: {results.get('errors') or 'none'}.", "", *rows, "", END])
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        head, _, rest = text.partition("\n")
+        text = (head if head.startswith("# ") else "# Benchmarks") + "\n\n" + block + "\n" + \
+            (rest if head.startswith("# ") else text)
+    path.write_text(text)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes in total)")
@@ -74,6 +112,7 @@ def main(argv=None) -> int:
     results["command"] = "python benchmarks/run.py" + (" --quick" if args.quick else "")
     with open(args.out, "w") as fh:
         json.dump(results, fh, indent=2, default=str)
+    render_latest(results, ROOT / "benchmarks" / "RESULTS.md")
     print(args.out)
     return 1 if results["errors"] else 0
 
