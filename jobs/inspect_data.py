@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from ltaug.cli import job_main
 from ltaug.data import load_dataset
-from ltaug.data.plot import plot_class_histogram
+from ltaug.eval import plots
 
 
 def body(cfg, run, args) -> dict:
@@ -33,9 +33,9 @@ def body(cfg, run, args) -> dict:
     skipped = {"train": data.train.skipped, "test": data.test.skipped}
     if any(skipped.values()):
         print(f"skipped bad records: {skipped}")
-    png = plot_class_histogram({"train": train}, run.local("class_histogram.png"),
-                               title=f"{cfg.data.source}: train images per class (r={cfg.data.imbalance_ratio:g})",
-                               groups=data.groups)
+    png = plots.class_histogram(train, run.local("class_histogram.png"), class_names=names,
+                                title=f"{cfg.data.source}: train images per class (r={cfg.data.imbalance_ratio:g})",
+                                groups=data.groups, log_scale=data.counts.imbalance_ratio >= 20)
     run.publish(png, "class_histogram.png", "plots")
     run.tracker.log_metrics({"train_total": sum(train), "test_total": sum(test), "num_classes": data.num_classes,
                              "imbalance_ratio": data.counts.imbalance_ratio})

@@ -24,6 +24,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Test folders of small CPU-bound models: one intra-op thread is faster than two for them, and never stalls
+# when the 2 cores are shared (OpenMP spin-waiting under contention makes two threads many times slower).
+ONE_THREAD_DIRS = ("classify", "diffusion", "eval")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(request):
+    """Run the tests under ``ONE_THREAD_DIRS`` with ``torch.set_num_threads(1)``; restore afterwards."""
+    if Path(str(request.node.path)).resolve().relative_to(ROOT / "tests").parts[0] not in ONE_THREAD_DIRS:
+        yield
+        return
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 server on 127.0.0.1, started once per session; yields its endpoint URL."""

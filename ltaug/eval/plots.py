@@ -26,22 +26,40 @@ def _save(fig, path: str) -> str:
     return path
 
 
+GROUP_COLORS = {"many": "#eef", "medium": "#efe", "few": "#fee"}
+
+
+def _shade_groups(ax, groups: Mapping[str, Sequence[int]] | None) -> None:
+    """Shade each class's column by its many / medium / few group (one legend entry per group)."""
+    for g, cls in (groups or {}).items():
+        for i, c in enumerate(cls):
+            ax.axvspan(c - 0.5, c + 0.5, color=GROUP_COLORS.get(g, "#eee"), lw=0, zorder=0,
+                       label=f"{g} ({len(cls)})" if i == 0 else None)
+
+
 def class_histogram(real_counts: Sequence[int], path: str, synthetic_counts: Sequence[int] | None = None,
-                    class_names: Sequence[str] = (), title: str = "images per class") -> str:
-    """Bars of real counts per class, with the synthetic counts stacked on top (before / after augmentation)."""
+                    class_names: Sequence[str] = (), title: str = "images per class",
+                    groups: Mapping[str, Sequence[int]] | None = None, log_scale: bool = False) -> str:
+    """Bars of real counts per class, with the synthetic counts stacked on top (before / after augmentation);
+    columns shaded by group when ``groups`` is given; a log y-axis for steep profiles."""
     plt = _plt()
     real = np.asarray(real_counts)
     k = np.arange(len(real))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(real)), 3.5))
+    fig, ax = plt.subplots(figsize=(max(5.0, min(0.35 * len(real), 18)), 3.5))
+    _shade_groups(ax, groups)
     ax.bar(k, real, color="tab:blue", label="real")
     if synthetic_counts is not None:
         ax.bar(k, np.asarray(synthetic_counts), bottom=real, color="tab:orange", label="synthetic")
-        ax.legend()
+    if synthetic_counts is not None or groups:
+        ax.legend(fontsize=7)
+    if log_scale:
+        ax.set_yscale("log")
     ax.set_xlabel("class")
     ax.set_ylabel("images")
     ax.set_title(title)
-    if class_names and len(real) <= 30:
-        ax.set_xticks(k, list(class_names), rotation=90 if len(real) > 12 else 0)
+    if len(real) <= 30:
+        ax.set_xticks(k, list(class_names) if class_names else [str(i) for i in k],
+                      rotation=90 if class_names and len(real) > 12 else 0)
     return _save(fig, path)
 
 
@@ -52,10 +70,7 @@ def per_class_accuracy(accuracy: Sequence[float | None], path: str, baseline: Se
     acc = np.array([np.nan if a is None else a for a in accuracy], dtype=float)
     k = np.arange(len(acc))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(acc)), 3.5))
-    if groups:
-        for g, color in zip(("many", "medium", "few"), ("#eef", "#efe", "#fee")):
-            for i, c in enumerate(groups.get(g, [])):
-                ax.axvspan(c - 0.5, c + 0.5, color=color, lw=0, label=g if i == 0 else None)
+    _shade_groups(ax, groups)
     w = 0.4 if baseline is not None else 0.8
     if baseline is not None:
         base = np.array([np.nan if a is None else a for a in baseline], dtype=float)

@@ -67,3 +67,8 @@ def test_resample_draws_classes_equally_often():
 def test_unknown_method_names_the_choices():
     with pytest.raises(ValueError, match="balanced_softmax"):
         make_method("focal", COUNTS, 1)
+
+
+def test_classifier_tests_run_single_threaded():
+    """The root conftest pins the small CPU-bound test folders to one intra-op thread."""
+    assert torch.get_num_threads() == 1

@@ -8,15 +8,6 @@ from diffusion_helpers import TinyFeatureNet
 from ltaug.diffusion import NoiseSchedule, SimpleFeatureSpace
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster than two, and never stalls on a busy shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def schedule() -> NoiseSchedule:
     return NoiseSchedule.linear(1000)

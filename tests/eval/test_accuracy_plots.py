@@ -39,6 +39,8 @@ def test_plots_write_pngs(tmp_path):
     rng = np.random.RandomState(0)
     out = [
         plots.class_histogram([50, 20, 5], str(tmp_path / "h.png"), [0, 30, 45], ("a", "b", "c")),
+        plots.class_histogram([500, 20, 5], str(tmp_path / "hg.png"), groups={"many": [0], "medium": [1], "few": [2]},
+                              log_scale=True),
         plots.per_class_accuracy([0.9, 0.5, None], str(tmp_path / "a.png"), [0.9, 0.3, 0.1],
                                  {"many": [0], "medium": [1], "few": [2]}),
         plots.confusion_matrix_plot([[3, 1], [0, 4]], str(tmp_path / "c.png")),
