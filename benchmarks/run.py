@@ -92,6 +92,10 @@ def main(argv=None) -> int:
             results = {}
     results.setdefault("details", {})
     results["errors"] = {}
+    import torch
+
+    results["machine"] = machine()  # before any module runs: thread count and load as the modules found them
+    threads = torch.get_num_threads()
     for name in args.only or MODULES:
         t0 = time.perf_counter()
         try:
@@ -101,6 +105,8 @@ def main(argv=None) -> int:
             results["errors"][name] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
             continue
+        finally:
+            torch.set_num_threads(threads)  # a module that pins threads must not change the next one's figures
         metrics = out.get("metrics", out) if isinstance(out, dict) else {}
         for k, v in metrics.items():
             if isinstance(v, (int, float)):
@@ -108,7 +114,6 @@ def main(argv=None) -> int:
         results["details"][name] = {**(out.get("details", {}) if "metrics" in out else {}),
                                     "seconds": round(time.perf_counter() - t0, 1), "quick": args.quick}
         print(f"{name}: " + json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
-    results["machine"] = machine()
     results["command"] = "python benchmarks/run.py" + (" --quick" if args.quick else "")
     with open(args.out, "w") as fh:
         json.dump(results, fh, indent=2, default=str)

@@ -10,12 +10,17 @@ from ltaug.train import checkpoint as ckpt_io
 COUNTS = (20, 12, 6, 3)   # a tiny long tail: the plan tops classes 1..3 up to 20
 
 
-def tiny_diffusion_checkpoint(path: str, counts=COUNTS, image_size: int = 8, channels: int = 1, seed: int = 0) -> str:
+def tiny_diffusion_checkpoint(path: str, counts=COUNTS, image_size: int = 8, channels: int = 1, seed: int = 0,
+                              preset: str = "") -> str:
+    """A randomly initialised diffusion checkpoint: a micro UNet (ch 8) for fast tests, or a model preset's
+    architecture (e.g. ``preset="tiny"``, the quickstart UNet) for benchmarks that need real compute."""
     from ltaug.diffusion import UNet, UNetSpec
+    from ltaug.diffusion.unet import PRESETS
 
     torch.manual_seed(seed)
-    spec = UNetSpec(in_channels=channels, image_size=image_size, num_classes=len(counts), ch=8, ch_mult=(1, 2),
-                    num_res_blocks=1, attn_resolutions=(), dropout=0.0, groups=4)
+    arch = dict(PRESETS[preset]) if preset else dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                                                     dropout=0.0, groups=4)
+    spec = UNetSpec(in_channels=channels, image_size=image_size, num_classes=len(counts), **arch)
     model = UNet(spec)
     sd = dict(spec.__dict__)
     sd = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sd.items()}
