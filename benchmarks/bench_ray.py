@@ -80,7 +80,7 @@ def generation_pipeline_vs_bare(quick: bool) -> dict:
         finally:
             ray.shutdown()
         made = res["manifest"]["generated"]
-        busy = sum(st.seconds for st in collect_stats(f"{d}/out", plan, range(plan.num_shards)))
+        busy = sum(st.seconds for st in collect_stats(cfg.generate.output_uri, plan, range(plan.num_shards)))
         steady, wall = made / busy, made / res["seconds"]
     return {"generation_pipeline_vs_bare": round(steady / bare, 3),
             "generation_pipeline_vs_bare_wall": round(wall / bare, 3),

@@ -34,7 +34,7 @@ class SamplerSpec:
 
     @staticmethod
     def from_config(scfg) -> "SamplerSpec":
-        return SamplerSpec(scfg.sampler, scfg.steps, scfg.eta, scfg.variance, getattr(scfg, "clip_denoised", False))
+        return SamplerSpec(scfg.sampler, scfg.steps, scfg.eta, scfg.variance, scfg.clip_denoised)
 
 
 def generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
