@@ -101,6 +101,30 @@ def latest_valid(directory: str, map_location: str | torch.device = "cpu") -> di
     return None
 
 
+def open_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint ``uri`` names: a ``.pt`` file, or the newest *valid* ``ckpt-*.pt`` of a directory.
+
+    The one meaning of "the latest checkpoint of a directory" (corrupt newer files are skipped with a
+    warning). The returned dict carries the resolved file URI as ``_uri``."""
+    if not uri:
+        raise CheckpointError("no checkpoint given (empty URI)")
+    if uri.endswith(".pt"):
+        ckpt = load(uri, map_location)
+        ckpt["_uri"] = uri
+        return ckpt
+    if not storage.exists(uri):
+        raise CheckpointError(f"checkpoint not found: {uri}")
+    ckpt = latest_valid(uri, map_location)
+    if ckpt is None:
+        raise CheckpointError(f"{uri}: no valid ckpt-<step>.pt checkpoint in this directory")
+    return ckpt
+
+
+def resolve_checkpoint(uri: str) -> str:
+    """The file URI of the checkpoint ``uri`` names (see :func:`open_checkpoint`); it is checked to load."""
+    return open_checkpoint(uri)["_uri"]
+
+
 def prune(directory: str, keep: int) -> None:
     ckpts = list_checkpoints(directory)
     for _, uri in ckpts[:-keep] if keep > 0 else []:
