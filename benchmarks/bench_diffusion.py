@@ -22,8 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ltaug.config import SampleConfig  # noqa: E402
 from ltaug.diffusion import (PRESETS, CompositeLoss, LossContext, MinorityGuidance, NoiseSchedule,  # noqa: E402
-                             SamplerSpec, SimpleFeatureSpace, UNet, UNetSpec, sample, sample_seeds)
+                             SimpleFeatureSpace, UNet, UNetSpec, Window, sample, sample_seeds)
 from ltaug.diffusion.losses import TERMS  # noqa: E402
 
 REPEATS = 3
@@ -64,10 +65,10 @@ def sampler_guided_vs_unguided(quick: bool) -> dict:
     m, s = _model(), NoiseSchedule.linear()
     B, steps = (16, 20) if quick else (32, 50)
     y, seeds = torch.arange(B) % 10, sample_seeds(0, B)
-    spec = SamplerSpec("ddim", steps)
-    g = MinorityGuidance(0.4, every=5)
+    spec = SampleConfig(sampler="ddim", steps=steps)
+    g = MinorityGuidance(0.4, Window(every=5))
     t_plain = _best(lambda: sample(m, s, y, seeds, spec))
-    t_guided = _best(lambda: sample(m, s, y, seeds, spec, minority=g))
+    t_guided = _best(lambda: sample(m, s, y, seeds, spec, guidances=[g]))
     return {"ratio": t_guided / t_plain, "plain_s": t_plain, "guided_s": t_guided, "batch": B, "steps": steps}
 
 
@@ -115,7 +116,7 @@ def unet_flops_fraction_of_peak(quick: bool, peak: dict) -> dict:
     B, steps = (32, 10) if quick else (64, 25)
     y, seeds = torch.arange(B) % 10, sample_seeds(0, B)
     fl = _flops_per_forward(m, torch.randn(B, 1, 16, 16), torch.full((B,), 500), y) * steps
-    t = _best(lambda: sample(m, s, y, seeds, SamplerSpec("ddim", steps)))
+    t = _best(lambda: sample(m, s, y, seeds, SampleConfig(sampler="ddim", steps=steps)))
     achieved = fl / t / 1e9
     return {"fraction": achieved / peak["peak_gflops"], "achieved_gflops": achieved, "flops_per_run": fl,
             "batch": B, "steps": steps, "seconds": t}

@@ -39,7 +39,7 @@ class _Crash(RuntimeError):
 
 def _setup(diff: str, clf: str, out: str, run_dir: str, target: int):
     from ltaug.config import load_config
-    from ltaug.distributed.generation import setup_generation
+    from ltaug.stages.generate import setup_generation
 
     cfg = load_config(None, [f"model.checkpoint={diff}", f"classifier.checkpoint={clf}", f"generate.output_uri={out}",
                              f"run.output_dir={run_dir}", "tracking.uri=none", "sample.steps=3",
@@ -146,8 +146,10 @@ def _checkpoint_fault(d: str) -> dict:
     def go(steps):
         torch.manual_seed(0)
         net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-        return fit(net, obj, LoopSpec(steps=steps, lr=0.01, ckpt_every=2, keep_checkpoints=5), LocalWorld("cpu"),
-                   ckpt_dir=d, progress=False)
+        spec = LoopSpec(steps=steps, lr=0.01, optimizer="adam", momentum=0.0, weight_decay=0.0, warmup=0,
+                        milestones=(), gamma=0.1, grad_clip=0.0, ema_decay=0.0, amp=False, log_every=50,
+                        ckpt_every=2, keep_checkpoints=5, seed=0, desc="train")
+        return fit(net, obj, spec, LocalWorld("cpu"), ckpt_dir=d, progress=False)
 
     go(4)
     with open(ckpt_io.path_for(d, 4), "r+b") as fh:
@@ -164,7 +166,8 @@ def run(quick: bool = True) -> dict:
 
     from fakes import tiny_classifier_checkpoint, tiny_diffusion_checkpoint
     from ltaug import storage
-    from ltaug.distributed.generation import run_generation
+    from ltaug.cli import make_launcher
+    from ltaug.stages.generate import run_generation
     from ltaug.generate import shards as shards_mod
     from ltaug.generate import verify
 
@@ -179,7 +182,7 @@ def run(quick: bool = True) -> dict:
         clf = tiny_classifier_checkpoint(os.path.join(tmp, "clf.pt"), radius_scale=0.6)
         ref_out, out, runs = os.path.join(tmp, "ref"), os.path.join(tmp, "out"), os.path.join(tmp, "runs")
         cfg, ref = _setup(diff, clf, ref_out, runs, target)
-        run_generation(ref, cfg.resources)
+        run_generation(ref, make_launcher(cfg))
         ref_rep = verify(ref_out)
         ref_tars = {Path(p).name: Path(p).read_bytes() for p in sorted(Path(ref_out).glob("*.tar"))}
 
@@ -201,7 +204,7 @@ def run(quick: bool = True) -> dict:
 
         shards_mod.ShardProducer.__call__ = crashing
         try:
-            run_generation(st, cfg.resources)
+            run_generation(st, make_launcher(cfg))
         except _Crash:
             faults["job_crash_mid_shard"] = 1
         finally:
@@ -219,7 +222,7 @@ def run(quick: bool = True) -> dict:
 
         storage.write_bytes = write_then_die
         try:
-            run_generation(st, cfg.resources)
+            run_generation(st, make_launcher(cfg))
         except _Crash:
             faults["crash_between_stats_and_tar"] = 1
         finally:
@@ -269,7 +272,7 @@ def run(quick: bool = True) -> dict:
         _backoff = storage.BACKOFF_S
         storage.BACKOFF_S = 0.01
         try:
-            res = run_generation(st, cfg.resources)        # the recovery run
+            res = run_generation(st, make_launcher(cfg))        # the recovery run
         finally:
             storage.get_fs, storage.BACKOFF_S = real_get_fs, _backoff
         retries = storage.retry_counter["retries"] - retries0

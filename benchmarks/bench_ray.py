@@ -53,8 +53,9 @@ def generation_pipeline_vs_bare(quick: bool) -> dict:
     import numpy as np
     import ray
 
-    from ltaug.distributed.generation import run_generation, setup_generation
+    from ltaug.cli import make_launcher
     from ltaug.generate import GenerationPlan, ImageGenerator, collect_stats
+    from ltaug.stages.generate import run_generation, setup_generation
 
     n_img, steps, bs = (192, 10, 32) if quick else (768, 25, 64)
     with tempfile.TemporaryDirectory() as d:
@@ -66,7 +67,7 @@ def generation_pipeline_vs_bare(quick: bool) -> dict:
                    "resources.num_workers=1", "resources.cpus_per_worker=2")
         setup = setup_generation(cfg, d)
         # bare: the same sampler, model and batch size in a plain loop (no filter, no encoding, no writes)
-        gen = ImageGenerator(setup.generator)
+        gen = ImageGenerator(cfg, setup.checkpoint, "cpu", checkpoint_digest=setup.checkpoint_digest)
         plan: GenerationPlan = setup.plan
         gen(plan.rows(np.arange(min(bs, plan.total))))                       # warm-up
         t0 = time.perf_counter()
@@ -76,7 +77,7 @@ def generation_pipeline_vs_bare(quick: bool) -> dict:
         ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False,
                  object_store_memory=200 * 2**20)
         try:
-            res = run_generation(setup, cfg.resources)
+            res = run_generation(setup, make_launcher(cfg))
         finally:
             ray.shutdown()
         made = res["manifest"]["generated"]
@@ -95,8 +96,8 @@ def generation_pipeline_vs_bare(quick: bool) -> dict:
 def ray_train_vs_bare(quick: bool) -> dict:
     import ray
 
-    from ltaug.cli import open_run
-    from ltaug.distributed.train import run_training
+    from ltaug.cli import make_launcher
+    from ltaug.stages import open_run, train_diffusion
 
     steps = 40 if quick else 200
     out: dict = {}
@@ -112,7 +113,7 @@ def ray_train_vs_bare(quick: bool) -> dict:
                        f"run.name=bench-{workers}")
             run = open_run(cfg, "train_diffusion", tracked=False)
             t0 = time.perf_counter()
-            r = run_training(cfg, run, "diffusion")
+            r = train_diffusion(cfg, run, make_launcher(cfg))
             wall = time.perf_counter() - t0
             sps = [h["steps_per_s"] for h in r["history"][1:]] or [h["steps_per_s"] for h in r["history"]]
             return sum(sps) / len(sps), steps / wall
@@ -203,9 +204,10 @@ _RSS_SNIPPET = r"""
 import resource, sys, json
 sys.path.insert(0, sys.argv[1])
 from ltaug.config import load_config
-from ltaug.distributed.generation import run_generation, setup_generation
+from ltaug.cli import make_launcher
+from ltaug.stages.generate import run_generation, setup_generation
 cfg = load_config(None, sys.argv[3:])
-res = run_generation(setup_generation(cfg, sys.argv[2]), cfg.resources)
+res = run_generation(setup_generation(cfg, sys.argv[2]), make_launcher(cfg))
 print(json.dumps({"rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "n": res["manifest"]["generated"]}))
 """
 

@@ -18,14 +18,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # ray job submit --working-dir .
 
-from ltaug.cli import job_main
+from ltaug.cli import job_main  # noqa: E402
+from ltaug.stages import pipeline  # noqa: E402
 
 
-def body(cfg, run, args) -> dict:
-    from ltaug.distributed.pipeline import run_pipeline
-
-    return run_pipeline(cfg, run)
+def body(cfg, run, launcher, args) -> dict:
+    return pipeline(cfg, run, launcher)
 
 
 if __name__ == "__main__":
-    sys.exit(job_main("pipeline", __doc__.split("\n\n")[0], body))
+    sys.exit(job_main("pipeline", __doc__, body))

@@ -1,20 +1,18 @@
-"""What every job shares: ``--config FILE [--set k=v ...] [--dry-run]``, a run directory, a tracker,
-``summary.json``, and the run directory printed as the last line."""
+"""What every job shares: ``--config FILE [--config FILE ...] [--set k=v ...] [--dry-run] [--list-keys]``, the
+launcher (chosen once, from ``resources.num_workers``), a run directory with its tracker, ``summary.json``,
+and the run directory printed as the last line."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
-import tempfile
 import traceback
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from . import storage
-from .config import (Config, ConfigError, config_to_yaml, describe, digest, flat_params, load_config,
-                     public_dict)
-from .track import NullTracker, Tracker, make_tracker
+from .config import Config, ConfigError, config_to_yaml, describe, load_config
+from .stages import Launcher, LocalLauncher, Run, open_run, run_dir
 
 EPILOG = """config keys (use --set KEY=VALUE, repeatable; --list-keys shows all with defaults):
   seed, data.source, data.root, data.imbalance_ratio, data.image_size, run.output_dir, tracking.uri,
@@ -22,106 +20,46 @@ EPILOG = """config keys (use --set KEY=VALUE, repeatable; --list-keys shows all 
   classifier.method, sample.sampler, sample.steps, sample.batch_size, sample.num_per_class,
   guidance.cfg.omega, guidance.minority.scale, guidance.minority.every, generate.output_uri,
   generate.target_per_class, resources.num_workers, resources.use_gpu
+resources.num_workers=0 runs in this process; >= 1 runs on Ray (starts a local Ray, or joins RAY_ADDRESS /
+resources.ray_address, e.g. inside `ray job submit`).
 """
 
-
-@dataclass
-class Run:
-    """A job's run: its directory (local or s3://), a local scratch dir, and its tracker."""
-
-    cfg: Config
-    job: str
-    dir: str
-    local_dir: str
-    tracker: Tracker = field(default_factory=NullTracker)
-
-    def path(self, *parts: str) -> str:
-        return storage.join(self.dir, *parts)
-
-    def local(self, *parts: str) -> str:
-        p = os.path.join(self.local_dir, *parts)
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-        return p
-
-    def publish(self, local_path: str, name: str | None = None, artifact_path: str | None = None) -> str:
-        """Copy a local file into the run dir (when remote) and log it as an MLflow artifact."""
-        name = name or os.path.relpath(local_path, self.local_dir)
-        dst = self.path(name)
-        if storage.is_remote(self.dir):
-            with open(local_path, "rb") as fh:
-                storage.write_bytes(dst, fh.read())
-        self.tracker.log_artifact(local_path, artifact_path)
-        return dst
-
-    def write_json(self, name: str, obj: Any, artifact: bool = True) -> str:
-        p = self.local(name)
-        with open(p, "w") as fh:
-            json.dump(obj, fh, indent=2, default=_json_default)
-        return self.publish(p, name) if artifact else p
+Body = Callable[[Config, Run, Launcher, argparse.Namespace], dict[str, Any]]
 
 
-def _json_default(o: Any) -> Any:
-    import numpy as np
+def make_launcher(cfg: Config) -> Launcher:
+    """The one place a launcher is chosen: in-process for ``resources.num_workers == 0``, else Ray."""
+    if cfg.resources.num_workers == 0:
+        return LocalLauncher(cfg.resources)
+    from .distributed import RayLauncher  # lazy: no Ray import for local runs
 
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-RUN_NAME_IGNORES = ("resources", "tracking", "run")  # where/how a job runs does not change what it computes
-
-
-def run_name(cfg: Config, job: str) -> str:
-    """Stable run name: the job plus a digest of what it computes, so resubmitting resumes (also on M workers)."""
-    if cfg.run.name:
-        return cfg.run.name
-    d = {k: v for k, v in public_dict(cfg).items() if k not in RUN_NAME_IGNORES}
-    return f"{job}-{digest(d)}"
-
-
-def open_run(cfg: Config, job: str, parent_run_id: str | None = None, tracked: bool = True) -> Run:
-    name = run_name(cfg, job)
-    run_dir = storage.join(cfg.run.output_dir, name)
-    if storage.is_remote(run_dir):
-        storage.check_access(run_dir, write=True)
-        local_dir = os.path.join(tempfile.gettempdir(), "ltaug-runs", name)
-    else:
-        local_dir = os.path.abspath(run_dir)
-        run_dir = local_dir
-    os.makedirs(local_dir, exist_ok=True)
-    tracker: Tracker = NullTracker()
-    if tracked:
-        tracker = make_tracker(cfg.tracking.uri, cfg.run.output_dir, cfg.tracking.experiment, name,
-                               parent_run_id, tags={"ltaug.job": job})
-        tracker.log_params(flat_params(cfg))
-    run = Run(cfg=cfg, job=job, dir=run_dir, local_dir=local_dir, tracker=tracker)
-    p = run.local("config.yaml")
-    with open(p, "w") as fh:
-        fh.write(config_to_yaml(cfg))
-    run.publish(p, "config.yaml")
-    return run
+    return RayLauncher(cfg)
 
 
 def build_parser(job: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python jobs/{job}.py", description=description, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="YAML config (local or s3://); defaults for every key omitted")
+    p.add_argument("--config", metavar="FILE", action="append", default=[],
+                   help="YAML config (local or s3://); repeatable: later files merge over earlier ones")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override a config key, e.g. --set data.imbalance_ratio=100 (repeatable)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the run directory, then exit")
     p.add_argument("--list-keys", action="store_true", help="list every config key with its default and allowed values")
     return p
 
 
-def job_main(job: str, description: str, body: Callable[[Config, Run, argparse.Namespace], dict[str, Any]],
-             argv: Sequence[str] | None = None,
+def _error(e: BaseException) -> int:
+    print(f"error: {storage.redact(str(e))}", file=sys.stderr)
+    if os.environ.get("LTAUG_TRACEBACK"):
+        traceback.print_exc()
+    return 2
+
+
+def job_main(job: str, description: str, body: Body, argv: Sequence[str] | None = None,
              add_args: Callable[[argparse.ArgumentParser], None] | None = None,
              parent_run_id: str | None = None) -> int:
-    """Parse args, resolve the config, run ``body``, write ``summary.json``, print the run dir last."""
+    """Parse args, resolve the config, run ``body(cfg, run, launcher, args)``, write ``summary.json``,
+    print the run dir last."""
     parser = build_parser(job, description)
     if add_args:
         add_args(parser)
@@ -131,29 +69,26 @@ def job_main(job: str, description: str, body: Callable[[Config, Run, argparse.N
             print(f"{key:38s} {tp:18s} {json.dumps(default):>14s}  {text}")
         return 0
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config or None, args.overrides)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(e)
     if args.dry_run:
         print(config_to_yaml(cfg), end="")
+        print(f"# run directory: {run_dir(cfg, job)}")
         return 0
     try:
+        launcher = make_launcher(cfg)
         run = open_run(cfg, job, parent_run_id)
     except (storage.StorageError, ConfigError) as e:
-        print(f"error: {storage.redact(str(e))}", file=sys.stderr)
-        return 2
+        return _error(e)
     status = "FAILED"
     try:
-        summary = body(cfg, run, args)
+        summary = body(cfg, run, launcher, args)
         summary = {"job": job, "run_dir": run.dir, "mlflow_run_id": run.tracker.run_id, **summary}
         run.write_json("summary.json", summary)
         status = "FINISHED"
     except (ConfigError, storage.StorageError, ValueError, FileNotFoundError) as e:
-        print(f"error: {storage.redact(str(e))}", file=sys.stderr)
-        if os.environ.get("LTAUG_TRACEBACK"):
-            traceback.print_exc()
-        return 2
+        return _error(e)
     finally:
         run.tracker.close(status)
     print(run.dir)

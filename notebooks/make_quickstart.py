@@ -56,25 +56,24 @@ print("feature bank: centres", tuple(base.bank.centers.shape), "radii", base.ban
 res = train_diffusion(cfg, data, world, f"{work}/diffusion", progress=False)
 print("checkpoint", res.checkpoint, "last logged losses", {k: round(v, 4) for k, v in res.history[-1].items() if k.startswith("loss")})"""),
     ("md", "## 4. Sampling: unguided vs minority self-guidance, same seeds (image k depends only on its seed)"),
-    ("code", """from ltaug.diffusion import SamplerSpec, guidance_from_config, sample, sample_seeds
+    ("code", """from ltaug.diffusion import guidances_from_config, sample, sample_seeds
 from ltaug.data import to_uint8
 L = load_diffusion(res.checkpoint)
 labels = torch.arange(10).repeat_interleave(4)
 seeds = sample_seeds(0, len(labels))
-spec = SamplerSpec.from_config(cfg.sample)
-plain = sample(L.model, L.schedule, labels, seeds, spec)
+plain = sample(L.model, L.schedule, labels, seeds, cfg.sample)
 g_cfg = with_values(cfg, {"guidance.minority.scale": 0.2, "guidance.minority.every": 2}).guidance
-cfg_guid, minority = guidance_from_config(g_cfg)
-guided = sample(L.model, L.schedule, labels, seeds, spec, cfg=cfg_guid, minority=minority)
+guided = sample(L.model, L.schedule, labels, seeds, cfg.sample, guidances=guidances_from_config(g_cfg))
 for name, x in (("unguided", plain), ("minority-guided", guided)):
     display(Image(plots.sample_grid(to_uint8(x), labels.numpy(), f"{work}/{name}.png", 10, 4, name)))"""),
     ("md", "## 5. Generation with the ID / AID / OOD filter into shards (what `jobs/generate.py` runs on Ray Data)"),
-    ("code", """from ltaug.distributed.generation import setup_generation, run_generation
+    ("code", """from ltaug.stages import LocalLauncher
+from ltaug.stages.generate import setup_generation, run_generation
 gcfg = with_values(cfg, {"model.checkpoint": res.checkpoint, "classifier.checkpoint": base.checkpoint,
                          "generate.target_per_class": 40, "resources.num_workers": 0,
                          "generate.output_uri": f"{work}/shards"})
 setup = setup_generation(gcfg, work)
-out = run_generation(setup, gcfg.resources)
+out = run_generation(setup, LocalLauncher(gcfg.resources))
 man = out["manifest"]
 print("requested", man["requested"], "written", man["written"], "categories", man["categories"])"""),
     ("md", "## 6. Downstream classifier on real + synthetic (weight omega = `classifier.synthetic_weight`)"),

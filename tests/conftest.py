@@ -109,3 +109,23 @@ def mnist_dir() -> Path:
     if not (d / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST not present at {d} (../shared/data/mnist beside the checkout)")
     return d
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server):
+    """The one private local Ray of the test session (``address="local"``: never a stray cluster), on loopback.
+
+    Started after the S3 variables point at the moto server, so Ray's workers inherit the endpoint; the
+    dashboard is on (Train-in-Tune needs it). Shut down at the end of the session (this process only)."""
+    for k, v in {**S3_ENV, "AWS_ENDPOINT_URL": s3_server}.items():
+        os.environ[k] = v
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"   # a private single-node Ray then binds 127.0.0.1
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=True, object_store_memory=200 * 2**20,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -109,11 +109,13 @@ def _classifier_cfg(cfg: Any) -> tuple[ClassifierConfig, int, dict[str, Any]]:
 
 
 def loop_spec(c: ClassifierConfig, n_train: int, seed: int = 0) -> LoopSpec:
-    """The classifier's :class:`LoopSpec`: epochs -> steps, fractional warm-up and milestones -> steps."""
+    """The classifier's :class:`LoopSpec`, every field from ``c``: epochs -> steps, fractional warm-up and
+    milestones -> steps. ``seed`` is the root ``seed`` (0 when only a ``ClassifierConfig`` is given)."""
     steps = math.ceil(c.epochs * n_train / c.batch_size) if c.epochs > 0 else c.steps
-    return LoopSpec(steps=steps, lr=c.lr, optimizer="sgd", momentum=c.momentum, weight_decay=c.weight_decay,
+    return LoopSpec(steps=steps, lr=c.lr, optimizer=c.optimizer, momentum=c.momentum, weight_decay=c.weight_decay,
                     warmup=int(round(c.warmup * steps)), milestones=tuple(int(round(m * steps)) for m in c.milestones),
-                    ema_decay=c.ema_decay, log_every=c.log_every, ckpt_every=c.ckpt_every, seed=seed,
+                    gamma=c.lr_gamma, grad_clip=c.grad_clip, ema_decay=c.ema_decay, amp=c.amp,
+                    log_every=c.log_every, ckpt_every=c.ckpt_every, keep_checkpoints=c.keep_checkpoints, seed=seed,
                     desc=f"classifier[{c.arch}/{c.method}]")
 
 
@@ -196,12 +198,7 @@ def load_classifier(uri: str, map_location: str | torch.device = "cpu") -> tuple
     used when the checkpoint kept them. ``bank`` is None only for an intermediate checkpoint written
     before training finished.
     """
-    if uri.endswith(".pt"):
-        ck = ckpt_io.load(uri, map_location)
-    else:
-        ck = ckpt_io.latest_valid(uri, map_location)
-        if ck is None:
-            raise ckpt_io.CheckpointError(f"no classifier checkpoint under {uri}")
+    ck = ckpt_io.open_checkpoint(uri, map_location)
     extra = ck.get("extra") or {}
     if ck.get("kind") != CKPT_KIND or "model_spec" not in extra:
         raise ckpt_io.CheckpointError(f"{uri}: not a classifier checkpoint (kind {ck.get('kind')!r})")

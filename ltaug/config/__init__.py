@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence, Union
 
 import yaml
 
@@ -14,8 +15,8 @@ from .data import DataConfig, ResourcesConfig, RunConfig, TrackingConfig
 from .diffusion import (DiffusionConfig, GuidanceConfig, LossConfig, ModelConfig, SampleConfig,
                         TrainConfig)
 from .generate import GenerateConfig, PipelineConfig, TuneConfig
-from .schema import (ConfigError, F, apply_overrides, build, describe, flatten, secret_keys,
-                     to_dict)
+from .schema import (ConfigError, F, apply_overrides, apply_values, build, describe, flatten, secret_keys,
+                     to_dict, yaml_load)
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,15 @@ class Config:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict; errors name the file."""
+    """Read a YAML config file into a dict (safe loading, repeated keys refused); errors name the file."""
     from ..storage import open_uri
 
     try:
         with open_uri(str(path), "rb") as fh:
-            data = yaml.safe_load(fh)
+            raw = fh.read()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    data = yaml_load(raw, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -57,33 +57,71 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Load ``path`` (YAML, optional) with ``--set`` overrides applied, strictly validated."""
-    data = load_yaml(path) if path else {}
+ConfigPaths = Union[str, Path, Sequence[Union[str, Path]], None]
+
+
+def _as_paths(paths: ConfigPaths) -> list[str]:
+    if paths is None:
+        return []
+    if isinstance(paths, (str, Path)):
+        return [str(paths)] if str(paths) else []
+    return [str(p) for p in paths if str(p)]
+
+
+def load_config(paths: ConfigPaths = None, overrides: Sequence[str] = ()) -> Config:
+    """The config of YAML files ``paths`` (none, one, or several layered) and ``--set`` ``overrides``.
+
+    Layering: later files deep-merge over earlier ones (a section in a later file updates the keys it
+    names and leaves the others; a list or a mapping-valued field such as ``tune.space`` is one value and
+    is replaced whole), then each ``KEY=VALUE`` override applies in order. Every key is checked against
+    the schema as it is applied (:func:`~ltaug.config.schema.assign`, the same core as :func:`with_values`),
+    then :func:`~ltaug.config.schema.build` validates the values. Errors name the file or the ``--set``
+    that gave the offending key.
+    """
+    files = _as_paths(paths)
+    data: dict[str, Any] = {}
+    provenance: dict[str, str] = {}
+    for path in files:
+        layer = load_yaml(path)
+        try:
+            data = apply_values(data, Config, (([k], v) for k, v in layer.items()), provenance=provenance,
+                                source=path)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    data = apply_overrides(data, list(overrides), Config, provenance=provenance)
     try:
-        data = apply_overrides(data, list(overrides))
         return build(Config, data)
     except ConfigError as e:
-        where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{e}") from None
+        raise ConfigError(_name_source(str(e), provenance, files)) from None
+
+
+_KEY_AT_START = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*")
+
+
+def _name_source(message: str, provenance: dict[str, str], files: list[str]) -> str:
+    """Prefix a validation error with the file / ``--set`` that set its key (else the files loaded)."""
+    m = _KEY_AT_START.match(message)
+    if m:
+        parts = m.group(0).split(".")
+        for n in range(len(parts), 0, -1):
+            src = provenance.get(".".join(parts[:n]))
+            if src:
+                return message if message.startswith(src) else f"{src}: {message}"
+    return f"{', '.join(files)}: {message}" if files else message
 
 
 def from_dict(data: dict[str, Any]) -> Config:
     return build(Config, data)
 
 
-def with_values(cfg: Config, values: dict[str, Any]) -> Config:
-    """A copy of ``cfg`` with dotted keys replaced (``{"classifier.method": "ce"}``), re-validated."""
-    d = to_dict(cfg)
-    for key, value in values.items():
-        node = d
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        if last not in node:
-            raise ConfigError(f"unknown key {key!r}")
-        node[last] = value
-    return build(Config, d)
+def with_values(cfg: Config, values: Mapping[str, Any]) -> Config:
+    """A copy of ``cfg`` with typed values at dotted keys (``{"classifier.method": "ce"}``), re-validated.
+
+    The same core as ``--set`` (:func:`~ltaug.config.schema.assign`): an unknown key is an error naming
+    the dotted key and the allowed keys of its section; a mapping for a section updates its keys; a
+    mapping-valued field (``tune.space``) takes a whole mapping.
+    """
+    return build(Config, apply_values(to_dict(cfg), Config, values.items()))
 
 
 def config_to_yaml(cfg: Config) -> str:
@@ -113,7 +151,7 @@ def digest(cfg: Config | dict[str, Any], length: int = 10) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
-__all__ = ["Config", "ConfigError", "load_config", "from_dict", "config_to_yaml", "public_dict",
+__all__ = ["Config", "ConfigError", "load_config", "load_yaml", "from_dict", "config_to_yaml", "public_dict",
            "flat_params", "digest", "with_values", "describe", "DataConfig", "RunConfig", "TrackingConfig",
            "ResourcesConfig", "ModelConfig", "DiffusionConfig", "LossConfig", "TrainConfig",
            "SampleConfig", "GuidanceConfig", "ClassifierConfig", "FilterConfig", "EvalConfig",

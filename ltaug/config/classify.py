@@ -35,10 +35,15 @@ class ClassifierConfig:
     epochs: float = F(0.0, ge=0.0, help="train for this many epochs of the real+synthetic set instead of steps "
                                         "(CIFAR-LT recipe: 200); 0 = use steps")
     batch_size: int = F(64, ge=1, help="per-step batch (CIFAR-LT recipe: 128)")
-    lr: float = F(0.1, gt=0.0, help="SGD learning rate (CIFAR-LT recipe: 0.1)")
-    momentum: float = F(0.9, ge=0.0, lt=1.0, help="SGD momentum (CIFAR-LT recipe: 0.9)")
+    optimizer: str = F("sgd", choices=("sgd", "adam", "adamw"), help="optimizer (CIFAR-LT recipe: sgd)")
+    lr: float = F(0.1, gt=0.0, help="learning rate (CIFAR-LT recipe: SGD 0.1)")
+    momentum: float = F(0.9, ge=0.0, lt=1.0, help="SGD momentum (optimizer=sgd only; CIFAR-LT recipe: 0.9)")
     weight_decay: float = F(2e-4, ge=0.0, help="weight decay (CIFAR-LT recipe: 2e-4)")
-    milestones: tuple[float, ...] = F((0.8, 0.9), help="lr x0.1 at these fractions of training (recipe: epochs 160, 180 of 200)")
+    milestones: tuple[float, ...] = F((0.8, 0.9), help="lr x classifier.lr_gamma at these fractions of training "
+                                                       "(recipe: epochs 160, 180 of 200)")
+    lr_gamma: float = F(0.1, gt=0.0, le=1.0, help="lr multiplier at each of classifier.milestones (recipe: 0.1)")
+    grad_clip: float = F(0.0, ge=0.0, help="gradient-norm clip (0 = off; the CIFAR-LT recipe does not clip)")
+    amp: bool = F(False, help="mixed precision where the device supports it (CUDA bf16/fp16)")
     warmup: float = F(0.1, ge=0.0, lt=1.0, help="linear warm-up as a fraction of training (CIFAR-LT recipe: 0.025 = 5 of 200 "
                                                  "epochs; short runs need a longer share)")
     la_tau: float = F(1.0, ge=0.0, help="balanced_softmax: logit-adjustment tau (1 = balanced softmax)")
@@ -56,6 +61,7 @@ class ClassifierConfig:
     eval_batch_size: int = F(256, ge=1, help="batch of evaluation / feature extraction")
     log_every: int = F(50, ge=1, help="log training metrics every n steps")
     ckpt_every: int = F(0, ge=0, help="write a checkpoint every n steps (0 = only at the end)")
+    keep_checkpoints: int = F(2, ge=1, help="checkpoints kept (older ones deleted)")
 
     def validate(self, prefix: str) -> None:
         bad = [m for m in self.milestones if not 0.0 <= m <= 1.0]

@@ -29,6 +29,7 @@ class DataConfig:
     num_classes: int = F(0, ge=0, help="imagefolder / imagenet_lt / webdataset: number of classes (0 = infer)")
     train_list: str = F("ImageNet_LT_train.txt", help="imagenet_lt: train list file (relative to root)")
     test_list: str = F("ImageNet_LT_test.txt", help="imagenet_lt: test list file (relative to root)")
+    cache_dir: str = F("", help="where dataset artifacts are cached (local or s3://); '' = <run.output_dir>/datasets")
 
     def validate(self, prefix: str) -> None:
         if self.few_threshold > self.many_threshold:

@@ -2,24 +2,72 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
 
-from .schema import F
+from .schema import ConfigError, F
 
 LOSS_TERMS = ("mse", "cbdm", "aid", "infonce", "cond_uncond")
+
+# UNet architecture presets: the one table of architecture defaults (``ltaug.diffusion.unet.PRESETS`` is
+# this table). ``model.preset`` picks a row; every architecture key set explicitly in ``model`` wins over it.
+MODEL_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({k: MappingProxyType(v) for k, v in {
+    # the plain defaults: a DDPM-style UNet (~1.1M parameters at 16x16), 3 levels, attention at 8x8
+    "custom": dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.1, num_heads=1,
+                   groups=8),
+    # ~0.8M parameters, ~78 MFLOP/sample at 16x16 (gray or colour); the CPU quickstart model. Widths are
+    # multiples of 32 (oneDNN's blocked kernels waste lanes on 24/48) and no dropout: a 0.8M-parameter
+    # net trained for ~1500 steps underfits rather than overfits, and dropout's mask cost ~20% of a step.
+    "tiny": dict(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0, num_heads=1,
+                 groups=8),
+    # ~4.4M parameters, 16x16 / 28x28 / 32x32
+    "small": dict(ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.1, num_heads=1,
+                  groups=16),
+    # CBDM / CCUA CIFAR configuration (algorithms.md §0): ~35.7M parameters
+    "cbdm": dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
+                 num_heads=1, groups=32),
+}.items()})
+ARCH_KEYS = tuple(MODEL_PRESETS["custom"])
+
+
+def _from_preset(key: str, text: str) -> str:
+    vals = ", ".join(f"{p} {list(a[key]) if isinstance(a[key], tuple) else a[key]}" for p, a in MODEL_PRESETS.items())
+    return f"{text}; null = from model.preset ({vals}); a value set here wins over the preset"
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The diffusion UNet. Rule: ``preset`` supplies every architecture key left unset (null); a key set
+    explicitly (in a file, ``--set`` or ``with_values``) wins over the preset. :meth:`architecture` resolves it."""
+
     checkpoint: str = F("", help="diffusion checkpoint to load (local or s3://)")
-    preset: str = F("custom", choices=("custom", "tiny", "small", "cbdm"),
-                    help="UNet preset (tiny ~0.8M params, small ~4.4M, cbdm = CBDM CIFAR 35.7M); custom = the fields below")
-    ch: int = F(32, ge=4, help="base width of the UNet")
-    ch_mult: tuple[int, ...] = F((1, 2, 2), help="channel multiplier per resolution level")
-    num_res_blocks: int = F(1, ge=1, help="residual blocks per level")
-    attn_resolutions: tuple[int, ...] = F((8,), help="resolutions (pixels) with self-attention")
-    dropout: float = F(0.1, ge=0.0, lt=1.0, help="dropout in residual blocks")
-    num_heads: int = F(1, ge=1, help="attention heads")
-    groups: int = F(8, ge=1, help="GroupNorm groups (gcd with each width is used)")
+    preset: str = F("custom", choices=tuple(MODEL_PRESETS),
+                    help="UNet preset: supplies every architecture key below left null; a key set explicitly wins "
+                         "(tiny ~0.8M params, small ~4.4M, cbdm = CBDM CIFAR 35.7M; custom = the plain defaults)")
+    ch: int | None = F(None, ge=4, help=_from_preset("ch", "base width of the UNet"))
+    ch_mult: tuple[int, ...] | None = F(None, help=_from_preset("ch_mult", "channel multiplier per resolution level"))
+    num_res_blocks: int | None = F(None, ge=1, help=_from_preset("num_res_blocks", "residual blocks per level"))
+    attn_resolutions: tuple[int, ...] | None = F(None, help=_from_preset("attn_resolutions",
+                                                                         "resolutions (pixels) with self-attention"))
+    dropout: float | None = F(None, ge=0.0, lt=1.0, help=_from_preset("dropout", "dropout in residual blocks"))
+    num_heads: int | None = F(None, ge=1, help=_from_preset("num_heads", "attention heads"))
+    groups: int | None = F(None, ge=1, help=_from_preset("groups", "GroupNorm groups (gcd with each width is used)"))
+
+    def architecture(self) -> dict[str, Any]:
+        """Every architecture key (``ARCH_KEYS``): the preset's values, overridden by each key set here."""
+        arch = dict(MODEL_PRESETS[self.preset])
+        arch.update({k: getattr(self, k) for k in ARCH_KEYS if getattr(self, k) is not None})
+        return arch
+
+    def validate(self, prefix: str) -> None:
+        a = self.architecture()
+        if not a["ch_mult"] or any(m < 1 for m in a["ch_mult"]):
+            raise ConfigError(f"{prefix}.ch_mult: {list(a['ch_mult'])} must be a non-empty list of multipliers >= 1")
+        if any(r < 1 for r in a["attn_resolutions"]):
+            raise ConfigError(f"{prefix}.attn_resolutions: {list(a['attn_resolutions'])} must be resolutions >= 1")
+        if a["ch"] % a["num_heads"]:
+            raise ConfigError(f"{prefix}.num_heads: {a['num_heads']} must divide {prefix}.ch={a['ch']} "
+                              f"(with {prefix}.preset={self.preset})")
 
 
 @dataclass(frozen=True)
@@ -50,9 +98,12 @@ class TrainConfig:
     steps: int = F(2000, ge=0, help="optimisation steps of this job's training")
     batch_size: int = F(64, ge=1, help="per-step batch (global, split across workers)")
     lr: float = F(2e-4, gt=0.0, help="learning rate")
-    optimizer: str = F("adam", choices=("adam", "adamw"), help="optimizer")
+    optimizer: str = F("adam", choices=("adam", "adamw", "sgd"), help="optimizer")
+    momentum: float = F(0.9, ge=0.0, lt=1.0, help="SGD momentum (optimizer=sgd only)")
     weight_decay: float = F(0.0, ge=0.0, help="weight decay")
     warmup: int = F(100, ge=0, help="linear warm-up steps")
+    milestones: tuple[float, ...] = F((), help="lr x train.lr_gamma at these fractions of train.steps (empty = constant lr)")
+    lr_gamma: float = F(0.1, gt=0.0, le=1.0, help="lr multiplier at each of train.milestones")
     grad_clip: float = F(1.0, ge=0.0, help="gradient-norm clip (0 = off)")
     ema_decay: float = F(0.999, ge=0.0, lt=1.0, help="EMA decay (0 = off)")
     amp: bool = F(True, help="mixed precision where the device supports it (CUDA bf16/fp16)")
@@ -60,6 +111,11 @@ class TrainConfig:
     ckpt_every: int = F(500, ge=0, help="checkpoint every n steps (0 = only at the end)")
     sample_every: int = F(0, ge=0, help="sample grid every n steps (0 = only at the end)")
     keep_checkpoints: int = F(2, ge=1, help="checkpoints kept (older ones deleted)")
+
+    def validate(self, prefix: str) -> None:
+        bad = [m for m in self.milestones if not 0.0 <= m <= 1.0]
+        if bad:
+            raise ConfigError(f"{prefix}.milestones: {list(self.milestones)} must be fractions in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -80,6 +136,12 @@ class SampleConfig:
 @dataclass(frozen=True)
 class CFGConfig:
     omega: float = F(0.0, ge=0.0, help="classifier-free guidance scale (CBDM convention; 0 = off)")
+    start: float = F(0.0, ge=0.0, le=1.0, help="active from this fraction of the trajectory (0 = first step)")
+    stop: float = F(1.0, ge=0.0, le=1.0, help="inactive from this fraction of the trajectory on (1 = to the end)")
+    every: int = F(1, ge=1, help="apply every n sampling steps (1 = every step)")
+
+    def validate(self, prefix: str) -> None:
+        _check_window(self, prefix)
 
 
 @dataclass(frozen=True)
@@ -91,6 +153,15 @@ class MinorityConfig:
     perturb: float = F(0.8, gt=0.0, lt=1.0, help="re-noising level s as a fraction of T")
     distance: str = F("l2", choices=("l2", "classifier", "lpips"), help="discrepancy: L2, classifier features, LPIPS")
     lpips_weights: str = F("", help="local LPIPS weights file (distance=lpips)")
+
+    def validate(self, prefix: str) -> None:
+        _check_window(self, prefix)
+
+
+def _check_window(section, prefix: str) -> None:
+    """``start <= stop`` of a guidance window (``guidance.<name>.start/stop/every``)."""
+    if section.start > section.stop:
+        raise ConfigError(f"{prefix}.start: {section.start} is after {prefix}.stop={section.stop}")
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,21 @@
 Every field is declared with :func:`F`, which records its allowed range or choices. Loading is strict:
 an unknown key, a wrong type or a value out of range raises :class:`ConfigError` naming the dotted key
 and what is allowed. Nothing is coerced silently except ints into float fields and YAML's own scalars.
+
+One path sets dotted keys: :func:`assign` (every key checked against the schema as it is set). Typed
+values (``with_values``), ``KEY=VALUE`` strings (:func:`parse_assignment` then :func:`assign`) and layered
+YAML files (each top-level mapping merged through :func:`assign`) all go through it; :func:`build` then
+validates the values.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -33,6 +39,8 @@ def F(default: Any = MISSING, *, ge: float | None = None, gt: float | None = Non
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is not None:      # tuple[int, ...], int | None, dict[str, ...]
+        return str(tp).replace("typing.", "")
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -61,6 +69,22 @@ def _range_text(meta: Mapping[str, Any]) -> str:
         if meta.get(name) is not None:
             parts.append(f"{sym} {meta[name]}")
     return " and ".join(parts) or "any"
+
+
+class FrozenDict(dict):
+    """A read-only mapping for dict-valued config fields (frozen like the dataclasses, and picklable so a
+    config travels to worker processes; ``types.MappingProxyType`` cannot be pickled)."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("config mappings are read-only; use ltaug.config.with_values")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (FrozenDict, (dict(self),))
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items(), key=repr)))
 
 
 def _coerce(key: str, tp: Any, value: Any) -> Any:
@@ -100,7 +124,7 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         kt, vt = typing.get_args(tp) or (Any, Any)
-        return types.MappingProxyType({_coerce(f"{key}.<key>", kt, k): _coerce(f"{key}.{k}", vt, v)
+        return FrozenDict({_coerce(f"{key}.<key>", kt, k): _coerce(f"{key}.{k}", vt, v)
                                        for k, v in value.items()})
     if tp is bool:
         if not isinstance(value, bool):
@@ -195,51 +219,185 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"a.b=3"`` -> (["a", "b"], 3); the value is parsed as a YAML scalar / flow list."""
+# --------------------------------------------------------------------------------- YAML, strictly
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no Python tags) that :func:`yaml_load` uses after checking that no mapping
+    repeats a key (PyYAML would silently keep the last one). It also reads exponent floats without a dot
+    (``1e-4``, YAML 1.2) as numbers, where YAML 1.1 would make them strings."""
+
+
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _duplicate_key(node: yaml.Node) -> str | None:
+    """The first repeated mapping key under ``node``, as a dotted path with its lines, or None."""
+    seen_nodes: set[int] = set()
+
+    def walk(n: yaml.Node, path: str) -> str | None:
+        if id(n) in seen_nodes:
+            return None
+        seen_nodes.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            lines: dict[tuple[str, str], int] = {}
+            for k, v in n.value:
+                if k.tag == "tag:yaml.org,2002:merge" or not isinstance(k, yaml.ScalarNode):
+                    found = walk(v, path)   # merged keys may be overridden explicitly (YAML merge semantics)
+                else:
+                    ident = (k.tag, k.value)
+                    key = _join(path, str(k.value))
+                    if ident in lines:
+                        return (f"duplicate key {key!r} (lines {lines[ident]} and {k.start_mark.line + 1}); "
+                                f"each key may appear once per mapping")
+                    lines[ident] = k.start_mark.line + 1
+                    found = walk(v, key)
+                if found:
+                    return found
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                found = walk(v, f"{path}[{i}]")
+                if found:
+                    return found
+        return None
+
+    return walk(node, "")
+
+
+def yaml_load(text: str | bytes, where: str) -> Any:
+    """Safe-load one YAML document; a repeated mapping key is a :class:`ConfigError` naming ``where`` and the key."""
+    loader = StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        dup = _duplicate_key(node)
+        if dup:
+            raise ConfigError(f"{where}: {dup}")
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
+# ------------------------------------------------------------------- the one way to set dotted keys
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"a.b=3"`` -> ``("a.b", 3)``; the value is parsed as YAML (scalar, flow list or flow mapping)."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected dotted.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"--set {text!r}: empty key part")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
-    return key.split("."), value
+    value = yaml_load(raw, f"--set {key}") if raw.strip() else ""
+    return key, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``--set`` overrides onto a nested dict (unknown keys are caught later by :func:`build`)."""
-    out = _deepcopy(data)
-    for text in overrides:
-        parts, value = parse_override(text)
-        node = out
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            if nxt is None:
-                nxt = node[p] = {}
-            elif not isinstance(nxt, dict):
-                raise ConfigError(f"--set {'.'.join(parts)}: {p!r} is a value, not a section")
-            node = nxt
-        node[parts[-1]] = value
+def _section_type(tp: Any) -> type | None:
+    return tp if isinstance(tp, type) and is_dataclass(tp) else None
+
+
+def _is_mapping_type(tp: Any) -> bool:
+    return tp is dict or typing.get_origin(tp) is dict
+
+
+def _plain(value: Any) -> Any:
+    """A detached plain copy (dicts / lists / scalars) of a value about to be stored in a config dict."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return to_dict(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def unknown_key_error(cls: type, prefix: str, name: str) -> ConfigError:
+    names = sorted(f.name for f in fields(cls))
+    where = f"in {prefix}" if prefix else "at the top level"
+    return ConfigError(f"unknown key {_join(prefix, str(name))!r}; allowed keys {where}: {names}")
+
+
+def assign(data: dict[str, Any], cls: type, key: str | Sequence[str], value: Any, *,
+           provenance: dict[str, str] | None = None, source: str = "", prefix: str = "") -> None:
+    """Set dotted ``key`` to ``value`` in the nested dict ``data`` of dataclass ``cls``, in place.
+
+    The only place where a key meets the schema before :func:`build`: every part of ``key`` must name a
+    field of its section (else a :class:`ConfigError` naming the full dotted key and the allowed keys of
+    that section). A mapping given for a section updates that section key by key (recursively, through
+    this function); any other field takes the value whole: lists and mapping-valued fields such as
+    ``tune.space`` are replaced, and ``field.entry`` sets one entry of a mapping-valued field. Values are
+    checked later, by :func:`build`. ``provenance`` records ``{dotted leaf key: source}``. ``prefix``: the
+    dotted key of section ``cls`` when ``data`` is that section's dict (for messages and provenance).
+    """
+    parts = key.split(".") if isinstance(key, str) else list(key)
+    node, tp = data, cls
+    for i, part in enumerate(parts):
+        if part not in {f.name for f in fields(tp)}:
+            raise unknown_key_error(tp, prefix, part)
+        here = _join(prefix, part)
+        ftp = _hints(tp)[part]
+        sec = _section_type(ftp)
+        rest = parts[i + 1:]
+        if sec is not None:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            if rest:
+                node, tp, prefix = child, sec, here
+                continue
+            if value is None:
+                return                        # an empty section (``data:`` in YAML) changes nothing
+            if not isinstance(value, (Mapping, sec)):
+                raise ConfigError(f"{here}: expected a mapping of keys for section {here}, got {value!r}")
+            items = to_dict(value).items() if isinstance(value, sec) else value.items()
+            for k, v in items:
+                assign(child, sec, [k], v, provenance=provenance, source=source, prefix=here)
+            return
+        if rest:
+            if _is_mapping_type(ftp):         # one entry of a mapping-valued field: tune.space.train.lr=[...]
+                entry = ".".join(rest)
+                current = node.get(part)
+                child = node[part] = _plain(current) if isinstance(current, Mapping) else {}
+                child[entry] = _plain(value)
+                if provenance is not None:
+                    provenance[here] = source
+                return
+            full = _join(prefix, ".".join(map(str, parts[i:])))
+            raise ConfigError(f"unknown key {full!r}: {here} is a value ({_type_name(ftp)}), not a section")
+        node[part] = _plain(value)
+        if provenance is not None:
+            provenance[here] = source
+        return
+
+
+def apply_values(data: Mapping[str, Any], cls: type, values: Iterable[tuple[str, Any]], *,
+                 provenance: dict[str, str] | None = None, source: str = "") -> dict[str, Any]:
+    """A copy of nested dict ``data`` with ``(dotted key, value)`` pairs applied through :func:`assign`."""
+    out = _plain(data)
+    for key, value in values:
+        assign(out, cls, key, value, provenance=provenance, source=source)
     return out
 
 
-def _deepcopy(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _deepcopy(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_deepcopy(v) for v in d]
-    return d
-
-
-def replace(obj: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` that re-validates through :func:`build`."""
-    d = to_dict(obj)
-    d.update(changes)
-    return build(type(obj), d)
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str], cls: type, *,
+                    provenance: dict[str, str] | None = None) -> dict[str, Any]:
+    """``KEY=VALUE`` strings applied onto ``data`` (a nested dict of dataclass ``cls``): each is parsed by
+    :func:`parse_assignment`, then set by :func:`assign` (the same core as :func:`apply_values`); errors
+    are prefixed with ``--set KEY=VALUE``."""
+    out = _plain(data)
+    for text in overrides:
+        key, value = parse_assignment(text)
+        try:
+            assign(out, cls, key, value, provenance=provenance, source=f"--set {text}")
+        except ConfigError as e:
+            raise ConfigError(f"--set {text}: {e}") from None
+    return out
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
@@ -261,5 +419,5 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
     return rows
 
 
-__all__ = ["ConfigError", "F", "build", "to_dict", "flatten", "apply_overrides", "parse_override",
-           "replace", "describe", "secret_keys", "dataclass", "dataclasses"]
+__all__ = ["ConfigError", "F", "build", "to_dict", "flatten", "assign", "apply_values", "apply_overrides",
+           "parse_assignment", "yaml_load", "StrictLoader", "describe", "secret_keys", "dataclass", "dataclasses"]

@@ -39,6 +39,9 @@ def _safe_name(name: str, shard: str) -> str:
     return name
 
 
+END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE  # two zero blocks end every tar (POSIX ustar)
+
+
 def iter_samples(shard: str) -> Iterator[dict[str, Any]]:
     """Yield ``{"__key__", "__url__", ext: bytes}`` per sample, in tar order (keys must be contiguous)."""
     fs, path = storage.get_fs(shard)
@@ -71,6 +74,11 @@ def iter_samples(shard: str) -> Iterator[dict[str, Any]]:
                 current[ext] = data.read() if data is not None else b""
         except tarfile.TarError as e:
             raise DataError(f"{shard}: truncated or corrupt tar ({e})") from None
+        # A tar cut exactly at a member boundary reads as a shorter valid tar; every complete tar ends with
+        # an end-of-archive marker (two zero blocks) after the last member, so its absence is truncation.
+        size = fs.size(path)
+        if size < tar.offset + END_OF_ARCHIVE:
+            raise DataError(f"{shard}: truncated tar (no end-of-archive marker after {tar.offset} of {size} bytes)")
         if current is not None:
             yield current
 

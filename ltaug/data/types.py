@@ -54,9 +54,12 @@ class ImageSet:
 
 
 def to_model_range(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N,H,W,C] -> float32 [N,C,H,W] in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
+    """uint8 [N,H,W,C] -> float32 [N,C,H,W] in [-1, 1].
+
+    The float conversion is the only copy, so read-only (memory-mapped) input works without a warning.
+    """
+    x = torch.from_numpy(np.array(images, dtype=np.float32)).permute(0, 3, 1, 2)
+    return x.div_(127.5).sub_(1.0)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -1,4 +1,10 @@
-"""The one sampling loop (DDPM / DDIM x classifier-free x minority self-guidance).
+"""The one sampling loop: any stepper of ``STEPPERS`` x any guidances of ``GUIDANCES``.
+
+Per step the loop computes the predictions the active guidances need (the conditional and unconditional
+eps in one batched [2B] forward when one needs ``uncond``), adds the eps-space guidances' deltas to the
+conditional eps, runs the stepper to the posterior ``(mean, std)``, adds the mean-space guidances'
+deltas to the mean, then adds ``std * z``. It names no guidance. Gradients through ``x_t`` are tracked
+only on steps where an active guidance ``needs_grad``.
 
 Noise comes from one generator per sample (seeded from that sample's seed), so image k is the same
 whatever the batch split or the worker that draws it. Structure after NVlabs/edm (sampler separate from
@@ -7,13 +13,12 @@ the network) and openai/guided-diffusion (guidance acting on eps or on the poste
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .guidance import ClassifierFree, MinorityGuidance
+from .guidance import PREDICTIONS, SPACES, EpsContext, MeanContext
 from .schedule import NoiseSchedule
 from .steppers import make_stepper
 
@@ -22,19 +27,6 @@ SEED_MOD = 2**63 - 1
 # forward runs on at least this many rows (padded by repeating the first sample): image k is then
 # bit-identical whatever the batch split (measured: rows >= 6 agree on oneDNN/MKL).
 MIN_ROWS = 8
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    sampler: str = "ddim"          # ddpm | ddim
-    steps: int = 50
-    eta: float = 0.0
-    variance: str = "fixedlarge"
-    clip_denoised: bool = False    # CBDM clips only the returned image
-
-    @staticmethod
-    def from_config(scfg) -> "SamplerSpec":
-        return SamplerSpec(scfg.sampler, scfg.steps, scfg.eta, scfg.variance, scfg.clip_denoised)
 
 
 def generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
@@ -66,23 +58,6 @@ def _eval(model: nn.Module):
         model.train(was)
 
 
-class EpsFn:
-    """``eps(x_t, t)`` of a conditional model with optional classifier-free guidance (one [2B] forward)."""
-
-    def __init__(self, model: nn.Module, labels: Tensor, num_classes: int, cfg: ClassifierFree | None) -> None:
-        self.model, self.labels, self.cfg = model, labels, cfg
-        self.null = torch.full_like(labels, num_classes)
-        self.forwards = 0
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        self.forwards += 1
-        if self.cfg is None or self.cfg.omega == 0:
-            return _padded(self.model, x, t, self.labels)
-        out = _padded(self.model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.labels, self.null]))
-        eps_c, eps_u = out.chunk(2)
-        return self.cfg.combine(eps_c, eps_u)
-
-
 def _padded(model: nn.Module, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
     B = x.shape[0]
     if B >= MIN_ROWS:
@@ -91,17 +66,59 @@ def _padded(model: nn.Module, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
     return model(x[idx], t[idx], y[idx])[:B]
 
 
-def sample(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Sequence[int],
-           spec: SamplerSpec = SamplerSpec(), *, shape: Sequence[int] | None = None,
-           cfg: ClassifierFree | None = None, minority: MinorityGuidance | None = None,
+class EpsFn:
+    """The loop's eps function: ``fn(x_t, t, eps_guidances, step, steps) -> eps``.
+
+    Runs the forward passes the given eps-space guidances need (cond + uncond batched into one [2B]
+    forward) and adds their deltas to the conditional eps. ``forwards`` counts model calls."""
+
+    def __init__(self, model: nn.Module, labels: Tensor, num_classes: int) -> None:
+        self.model, self.labels = model, labels
+        self.null = torch.full_like(labels, num_classes)
+        self.forwards = 0
+
+    def predict(self, x: Tensor, t: Tensor, needs: set[str]) -> dict[str, Tensor]:
+        self.forwards += 1
+        if "uncond" not in needs:
+            return {"cond": _padded(self.model, x, t, self.labels)}
+        out = _padded(self.model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.labels, self.null]))
+        eps_c, eps_u = out.chunk(2)
+        return {"cond": eps_c, "uncond": eps_u}
+
+    def __call__(self, x: Tensor, t: Tensor, eps_guidances: Sequence[Any] = (), step: int = 0,
+                 steps: int = 1, needs: set[str] | None = None) -> Tensor:
+        pred = self.predict(x, t, needs if needs is not None else {k for g in eps_guidances for k in g.needs})
+        eps = pred["cond"]
+        if eps_guidances:
+            ctx = EpsContext(x, t, pred, step, steps)
+            for g in eps_guidances:
+                eps = eps + g.delta_eps(ctx)
+        return eps
+
+
+def _check(guidances: Sequence[Any]) -> None:
+    for g in guidances:
+        if g.space not in SPACES:
+            raise ValueError(f"{type(g).__name__}: unknown guidance space {g.space!r}; choose one of {SPACES}")
+        bad = set(g.needs) - set(PREDICTIONS)
+        if bad:
+            raise ValueError(f"{type(g).__name__}: unknown predictions {sorted(bad)}; the loop offers {PREDICTIONS}")
+
+
+def sample(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Sequence[int], scfg: Any, *,
+           guidances: Sequence[Any] = (), shape: Sequence[int] | None = None,
            num_classes: int | None = None) -> Tensor:
     """Draw ``len(labels)`` images ``[B,C,H,W]`` in [-1, 1]; image k depends only on (labels[k], seeds[k]).
 
-    ``labels`` may contain ``num_classes`` (the null label) for unconditional samples. Device and dtype
-    follow the model's parameters.
+    ``scfg``: the ``sample`` config section (``sampler``, ``steps``, ``eta``, ``variance``,
+    ``clip_denoised``). ``guidances``: plug-ins (see :mod:`ltaug.diffusion.guidance`), applied in order
+    within their space. ``labels`` may contain ``num_classes`` (the null label) for unconditional
+    samples. Device and dtype follow the model's parameters.
     """
     if len(seeds) != len(labels):
         raise ValueError(f"{len(labels)} labels but {len(seeds)} seeds")
+    guidances = list(guidances)
+    _check(guidances)
     p = next(model.parameters())
     device, dtype = p.device, p.dtype
     spec_m = getattr(model, "spec", None)
@@ -110,41 +127,57 @@ def sample(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Seq
     C = num_classes if num_classes is not None else spec_m.num_classes
     labels = labels.to(device=device, dtype=torch.long)
     gens = generators(seeds, device)
-    grid = schedule.respace(spec.steps)
-    stepper = make_stepper(spec.sampler, grid, eta=spec.eta, variance=spec.variance,
-                           clip_denoised=spec.clip_denoised)
-    eps_fn = EpsFn(model, labels, C, cfg)
+    grid = schedule.respace(scfg.steps)
+    stepper = make_stepper(scfg.sampler, grid, eta=scfg.eta, variance=scfg.variance,
+                           clip_denoised=scfg.clip_denoised)
+    eps_fn = EpsFn(model, labels, C)
     n = len(grid)
-    x = per_sample_randn(gens, shape, device, dtype)
-    # Unguided runs never need autograd: inference_mode also skips version counters and view tracking.
-    # (Guided runs need no_grad: inference tensors cannot later become leaves with requires_grad.)
-    with _eval(model), (torch.inference_mode() if minority is None else torch.no_grad()):
+    randn: Callable[[], Tensor] = lambda: per_sample_randn(gens, shape, device, dtype)  # noqa: E731
+    x = randn()
+    # Runs without any grad-needing guidance never need autograd: inference_mode also skips version
+    # counters and view tracking. (Otherwise no_grad: inference tensors cannot later become leaves.)
+    ever_grad = any(g.needs_grad for g in guidances)
+    with _eval(model), (torch.no_grad() if ever_grad else torch.inference_mode()):
         for i, t_i in enumerate(grid.t):
             t = torch.full((len(labels),), t_i, device=device, dtype=torch.long)
-            guided = minority is not None and minority.active(i, n)
-            if guided:
-                x_in = x.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    eps = eps_fn(x_in, t)
-                    mean, std = stepper.step(i, x_in, eps)
-                    x0_hat = schedule.eps_to_x0(x_in, t, eps)
-                    noise_s = per_sample_randn(gens, shape, device, dtype)
-                    redenoise = lambda xs, s: schedule.eps_to_x0(xs, s, eps_fn(xs, s))  # noqa: E731
-                    mean = minority.guide(mean, stepper.guidance_variance(i), x_in, x0_hat, schedule,
-                                          redenoise, noise_s)
-            else:
-                eps = eps_fn(x, t)
-                mean, std = stepper.step(i, x, eps)
+            on = [g for g in guidances if g.active(i, n)]
+            on_eps = [g for g in on if g.space == "eps"]
+            on_mean = [g for g in on if g.space == "mean"]
+            grad = any(g.needs_grad for g in on)
+            x_in = x.detach().requires_grad_(True) if grad else x
+            with torch.enable_grad() if grad else _nothing():
+                eps = eps_fn(x_in, t, on_eps, i, n)
+                mean, std = stepper.step(i, x_in, eps)
+                if on_mean:
+                    ctx = MeanContext(
+                        x_t=x_in, t=t, eps=eps, x0_hat=schedule.eps_to_x0(x_in, t, eps), mean=mean,
+                        var=stepper.guidance_variance(i), schedule=schedule,
+                        redenoise=_redenoiser(eps_fn, schedule, on_eps, i, n), randn=randn, step=i, steps=n)
+                    for g in on_mean:
+                        mean = mean.detach() + g.delta_mean(ctx)
             if i < n - 1 and std > 0:
-                x = mean.detach() + std * per_sample_randn(gens, shape, device, dtype)
+                x = mean.detach() + std * randn()
             else:
                 x = mean.detach()
     return x.clamp(-1, 1)
 
 
-def sample_batched(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Sequence[int],
-                   spec: SamplerSpec = SamplerSpec(), batch_size: int = 64, **kw) -> Tensor:
-    """:func:`sample` over chunks of ``batch_size`` (the same images as one call)."""
-    outs = [sample(model, schedule, labels[a:a + batch_size], list(seeds[a:a + batch_size]), spec, **kw)
-            for a in range(0, len(labels), batch_size)]
+@contextmanager
+def _nothing():
+    yield
+
+
+def _redenoiser(eps_fn: EpsFn, schedule: NoiseSchedule, on_eps: list, i: int, n: int):
+    def redenoise(x_s: Tensor, s: Tensor) -> Tensor:
+        with torch.no_grad():
+            return schedule.eps_to_x0(x_s, s, eps_fn(x_s, s, on_eps, i, n))
+    return redenoise
+
+
+def sample_batched(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Sequence[int], scfg: Any, *,
+                   batch_size: int | None = None, **kw) -> Tensor:
+    """:func:`sample` over chunks of ``batch_size`` (default ``scfg.batch_size``); the same images as one call."""
+    bs = batch_size or scfg.batch_size
+    outs = [sample(model, schedule, labels[a:a + bs], list(seeds[a:a + bs]), scfg, **kw)
+            for a in range(0, len(labels), bs)]
     return torch.cat(outs) if outs else torch.empty(0)

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 
 from ..train import LoopSpec, StepBatches, TrainResult, fit
 from ..train import checkpoint as ckpt_io
-from .guidance import guidance_from_config
+from .guidance import guidances_from_config
 from .losses import CompositeLoss, FeatureSpace, LossContext
-from .sample import SamplerSpec, sample, sample_seeds
+from .sample import sample, sample_seeds
 from .schedule import NoiseSchedule
 from .unet import UNet, UNetSpec, spec_from_config
 
@@ -70,10 +70,14 @@ class DiffusionObjective:
 
 
 def loop_spec(cfg) -> LoopSpec:
+    """The diffusion :class:`LoopSpec`, every field from ``cfg.train`` (+ ``cfg.seed``); milestones are
+    fractions of ``train.steps``."""
     t = cfg.train
-    return LoopSpec(steps=t.steps, lr=t.lr, optimizer=t.optimizer, weight_decay=t.weight_decay, warmup=t.warmup,
-                    grad_clip=t.grad_clip, ema_decay=t.ema_decay, amp=t.amp, log_every=t.log_every,
-                    ckpt_every=t.ckpt_every, keep_checkpoints=t.keep_checkpoints, seed=cfg.seed, desc="diffusion")
+    return LoopSpec(steps=t.steps, lr=t.lr, optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay,
+                    warmup=t.warmup, milestones=tuple(int(round(m * t.steps)) for m in t.milestones),
+                    gamma=t.lr_gamma, grad_clip=t.grad_clip, ema_decay=t.ema_decay, amp=t.amp,
+                    log_every=t.log_every, ckpt_every=t.ckpt_every, keep_checkpoints=t.keep_checkpoints,
+                    seed=cfg.seed, desc="diffusion")
 
 
 def build_model(cfg, channels: int, image_size: int, num_classes: int) -> UNet:
@@ -83,14 +87,14 @@ def build_model(cfg, channels: int, image_size: int, num_classes: int) -> UNet:
 def grid_sampler(cfg, schedule: NoiseSchedule, num_classes: int, per_class: int = GRID_PER_CLASS,
                  extractor: Callable[[Tensor], Tensor] | None = None) -> Callable[[nn.Module], Tensor]:
     """``fn(model) -> images [per_class*C, C,H,W]`` (class-major), fixed seeds: grids are comparable over time."""
-    cfg_g, minority = guidance_from_config(cfg.guidance, extractor)
-    spec = SamplerSpec.from_config(cfg.sample)
+    guidances = guidances_from_config(cfg.guidance, extractor=extractor)
+    scfg, bs = cfg.sample, cfg.sample.batch_size
     labels = torch.arange(num_classes).repeat_interleave(per_class)
-    seeds = sample_seeds(cfg.sample.seed, len(labels))
+    seeds = sample_seeds(scfg.seed, len(labels))
 
     def fn(model: nn.Module) -> Tensor:
-        out = [sample(model, schedule, labels[a:a + cfg.sample.batch_size], seeds[a:a + cfg.sample.batch_size],
-                      spec, cfg=cfg_g, minority=minority) for a in range(0, len(labels), cfg.sample.batch_size)]
+        out = [sample(model, schedule, labels[a:a + bs], seeds[a:a + bs], scfg, guidances=guidances)
+               for a in range(0, len(labels), bs)]
         return torch.cat(out)
     return fn
 
@@ -150,16 +154,11 @@ class LoadedDiffusion:
 def load_diffusion(uri: str, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedDiffusion:
     """Model (EMA weights when present and ``use_ema``) + schedule from a ``train_diffusion`` checkpoint file,
     or from the newest valid checkpoint in a directory (a corrupt newest one is skipped with a warning)."""
-    if uri.endswith(".pt"):
-        ck = ckpt_io.load(uri, map_location="cpu")
-    else:
-        ck = ckpt_io.latest_valid(uri, map_location="cpu")
-        if ck is None:
-            raise ckpt_io.CheckpointError(f"no diffusion checkpoint under {uri}")
+    ck = ckpt_io.open_checkpoint(uri, map_location="cpu")
     if ck.get("kind") != KIND:
         raise ckpt_io.CheckpointError(f"{uri}: a {ck.get('kind')!r} checkpoint, not a diffusion one")
     sd = dict(ck["extra"]["spec"])
-    spec = UNetSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in sd.items()})
+    spec = UNetSpec.from_record(sd, uri)
     model = UNet(spec)
     weights = ck["ema"] if (use_ema and ck.get("ema") is not None) else ck["model"]
     model.load_state_dict(weights)

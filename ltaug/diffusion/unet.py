@@ -13,12 +13,17 @@ measured 10-25% faster forward+backward for the tiny preset on one core).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as Fn
 from torch import Tensor, nn
+
+from ..config.diffusion import MODEL_PRESETS
+from ..train.checkpoint import CheckpointError
 
 
 CHANNELS_LAST = True  # NHWC weights + activations (module attribute so benchmarks can A/B it)
@@ -26,33 +31,47 @@ CHANNELS_LAST = True  # NHWC weights + activations (module attribute so benchmar
 
 @dataclass(frozen=True)
 class UNetSpec:
-    in_channels: int = 1
-    image_size: int = 16
-    num_classes: int = 10
-    ch: int = 32
-    ch_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 1
-    attn_resolutions: tuple[int, ...] = (8,)
-    dropout: float = 0.1
-    num_heads: int = 1
-    groups: int = 8           # GroupNorm groups (32 in DDPM; fewer is cheaper and fine for narrow nets)
+    """The architecture, all fields required (no defaults: the ``model`` config section and its presets are
+    the one source, through :func:`spec_from_config`). Also the record stored in checkpoints (``extra.spec``,
+    :meth:`to_record` / :meth:`from_record`)."""
+
+    in_channels: int
+    image_size: int
+    num_classes: int
+    ch: int
+    ch_mult: tuple[int, ...]
+    num_res_blocks: int
+    attn_resolutions: tuple[int, ...]
+    dropout: float
+    num_heads: int
+    groups: int               # GroupNorm groups (32 in DDPM; fewer is cheaper and fine for narrow nets)
 
     @property
     def null_label(self) -> int:
         return self.num_classes
 
+    def to_record(self) -> dict[str, Any]:
+        """Plain (JSON / ``weights_only``-safe) form stored as a checkpoint's ``extra.spec``."""
+        return {f.name: (list(v) if isinstance(v, tuple) else v)
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
 
-# Presets: (ch, ch_mult, num_res_blocks, attn_resolutions, dropout, groups)
-PRESETS: dict[str, dict] = {
-    # ~0.8M parameters, ~78 MFLOP/sample at 16x16 (gray or colour); the CPU quickstart model. Widths are
-    # multiples of 32 (oneDNN's blocked kernels waste lanes on 24/48) and no dropout: a 0.8M-parameter
-    # net trained for ~1500 steps underfits rather than overfits, and dropout's mask cost ~20% of a step.
-    "tiny": dict(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0, groups=8),
-    # ~2M parameters, 16x16 / 28x28 / 32x32
-    "small": dict(ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.1, groups=16),
-    # CBDM / CCUA CIFAR configuration (algorithms.md §0): ~35.7M parameters
-    "cbdm": dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1, groups=32),
-}
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], source: str = "checkpoint") -> "UNetSpec":
+        """The spec of a checkpoint's ``extra.spec``. Every record written so far holds every field (the
+        field set is unchanged since the first checkpoint format); a missing or unknown key is an error
+        naming it, never a silent default."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [k for k in names if k not in record]
+        unknown = sorted(set(record) - set(names))
+        if missing or unknown:
+            raise CheckpointError(f"{source}: architecture record extra.spec does not match UNetSpec "
+                             f"(missing {missing}, unknown {unknown}); cannot rebuild the model")
+        return cls(**{k: (tuple(record[k]) if isinstance(record[k], list) else record[k]) for k in names})
+
+
+# Presets: the table lives with the config section (ltaug.config.diffusion.MODEL_PRESETS); each row holds
+# every architecture field of UNetSpec except in_channels / image_size / num_classes.
+PRESETS = MODEL_PRESETS
 
 
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
@@ -207,17 +226,13 @@ class UNet(nn.Module):
 
 
 def spec_from_config(model_cfg, in_channels: int, image_size: int, num_classes: int) -> UNetSpec:
-    """A :class:`UNetSpec` from the ``model`` config section (a preset overrides the width fields)."""
-    fields = dict(ch=model_cfg.ch, ch_mult=tuple(model_cfg.ch_mult), num_res_blocks=model_cfg.num_res_blocks,
-                  attn_resolutions=tuple(model_cfg.attn_resolutions), dropout=model_cfg.dropout,
-                  groups=model_cfg.groups)
-    preset = getattr(model_cfg, "preset", "custom")
-    if preset != "custom":
-        fields.update(PRESETS[preset])
-    if image_size % (2 ** (len(fields["ch_mult"]) - 1)):
-        raise ValueError(f"data.image_size={image_size} is not divisible by 2^(len(model.ch_mult)-1)")
-    return UNetSpec(in_channels=in_channels, image_size=image_size, num_classes=num_classes,
-                    num_heads=model_cfg.num_heads, **fields)
+    """The :class:`UNetSpec` of the ``model`` config section: ``model.preset``'s architecture with every key
+    set explicitly in ``model`` winning over it (``ModelConfig.architecture``), plus the data's shape."""
+    arch = model_cfg.architecture()
+    if image_size % (2 ** (len(arch["ch_mult"]) - 1)):
+        raise ValueError(f"data.image_size={image_size} is not divisible by 2^(len(model.ch_mult)-1) "
+                         f"(model.ch_mult={list(arch['ch_mult'])})")
+    return UNetSpec(in_channels=in_channels, image_size=image_size, num_classes=num_classes, **arch)
 
 
 def num_params(model: nn.Module) -> int:

@@ -1,7 +1,7 @@
-"""Thin Ray adapters around the pure core: Ray Train (World + TorchTrainer runner), the Ray Data generation
-pipeline, Ray Tune sweeps. The only package that imports ``ray``; it imports it lazily, so
-``resources.num_workers=0`` (in-process, no Ray) works without starting Ray."""
-from .generation import GenerationSetup, run_generation, setup_generation
+"""Ray only: the ``RayLauncher`` of the stages (Ray Train, Ray Data, Ray Tune), ``RayWorld`` and
+``ensure_ray``. The only package that imports ``ray``; nothing here decides *what* a stage computes."""
+from .launcher import RayLauncher
 from .runtime import ensure_ray
+from .world import InjectedFailure, RayWorld
 
-__all__ = ["ensure_ray", "run_generation", "setup_generation", "GenerationSetup"]
+__all__ = ["RayLauncher", "RayWorld", "InjectedFailure", "ensure_ray"]

@@ -1,13 +1,13 @@
 """Generation core: plan (id -> label, seed, key, shard), ImageGenerator, filter stage, shard writer helpers,
 manifest and verify. Pure: no ray, no mlflow; the Ray Data pipeline in ``ltaug.distributed`` wraps these."""
 from .filter_stage import CATEGORY_NAMES, FilterSpec, FilterStage
-from .generator import GeneratorSpec, ImageGenerator, checkpoint_digest
+from .generator import ImageGenerator, checkpoint_digest, generation_settings
 from .manifest import (PlanConflictError, VerifyReport, build_manifest, collect_stats, prepare_output, read_plan,
                        verify, write_manifest)
 from .plan import GenerationPlan, budget_from_counts, make_key, parse_key, row_seeds
 from .shards import ShardProducer, ShardStats, build_tar, publish_shard, read_stats
 
 __all__ = ["GenerationPlan", "budget_from_counts", "make_key", "parse_key", "row_seeds", "ImageGenerator",
-           "GeneratorSpec", "checkpoint_digest", "FilterStage", "FilterSpec", "CATEGORY_NAMES", "ShardProducer",
+           "generation_settings", "checkpoint_digest", "FilterStage", "FilterSpec", "CATEGORY_NAMES", "ShardProducer",
            "ShardStats", "build_tar", "publish_shard", "read_stats", "PlanConflictError", "VerifyReport",
            "build_manifest", "collect_stats", "prepare_output", "read_plan", "verify", "write_manifest"]

@@ -1,15 +1,16 @@
 """ImageGenerator: ``batch dict in -> batch dict out``; the same object runs in a for-loop or as a Ray Data actor.
 
-It loads a diffusion checkpoint (local or s3://) once, then draws the rows it is given with the
-configured sampler (DDPM / DDIM), classifier-free guidance (Ho & Salimans 2021, CBDM convention) and
-minority self-guidance (Um & Ye, ECCV 2024). Each row's noise comes from its own seed, so image k is
-identical whatever the batch split, the actor or the run. Optionally it records each image's minority
-score (Um, Lee & Ye, ICLR 2024). It never writes files or logs.
+It loads a diffusion checkpoint (local or s3://) once, then draws the rows it is given with the sampler
+of ``cfg.sample`` (DDPM / DDIM) and the guidances of ``cfg.guidance`` (classifier-free guidance, Ho &
+Salimans 2021, CBDM convention; minority self-guidance, Um & Ye, ECCV 2024; any plug-in of
+``GUIDANCES``). Each row's noise comes from its own seed, so image k is identical whatever the batch
+split, the actor or the run. Optionally it records each image's minority score (Um, Lee & Ye, ICLR
+2024). It never writes files or logs, and it has no device policy: the caller passes the device.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -18,48 +19,29 @@ import torch
 from .. import storage
 
 SCORE_SEED_SALT = 0x5C0E  # minority-score noise uses a seed derived from, but distinct from, the image seed
+SAMPLER_KEYS = ("sampler", "steps", "eta", "variance", "clip_denoised")  # the sample keys that change an image
+LOCAL_ONLY_KEYS = ("lpips_weights",)  # guidance keys naming a local file: where it lies never changes an image
 
 
-@dataclass(frozen=True)
-class GeneratorSpec:
-    """Everything an ImageGenerator needs; picklable, so Ray ships it to actors."""
+def generation_settings(cfg: Any, checkpoint_digest: str) -> dict[str, Any]:
+    """What determines the images of ``cfg`` (root ``Config``): the plan digest and every sample's json.
 
-    checkpoint: str
-    checkpoint_digest: str = ""
-    sampler: str = "ddim"
-    steps: int = 50
-    eta: float = 0.0
-    variance: str = "fixedlarge"
-    clip_denoised: bool = False
-    use_ema: bool = True
-    omega: float = 0.0
-    minority: dict[str, Any] = field(default_factory=dict)   # guidance.minority fields
-    classifier: str = ""           # classifier checkpoint (for minority distance=classifier)
-    minority_score: bool = True
-    score_iters: int = 2
-    device: str = ""               # "" = cuda when available, else cpu
+    Sampler settings, ``use_ema``, every guidance section (a switched-off one only as its scale, so keys
+    that cannot change an image cannot change the digest), ``minority_score``, ``score_iters`` and the
+    checkpoint digest. Never the checkpoint path, the device or a local weights path."""
+    from ..diffusion import GUIDANCES
 
-    @staticmethod
-    def from_config(cfg, checkpoint_digest: str = "", device: str = "") -> "GeneratorSpec":
-        if not cfg.model.checkpoint:
-            raise ValueError("model.checkpoint: a diffusion checkpoint is required to generate (local or s3://)")
-        s, m = cfg.sample, cfg.guidance.minority
-        return GeneratorSpec(checkpoint=cfg.model.checkpoint, checkpoint_digest=checkpoint_digest, sampler=s.sampler,
-                             steps=s.steps, eta=s.eta, variance=s.variance, clip_denoised=s.clip_denoised,
-                             use_ema=s.use_ema,
-                             omega=cfg.guidance.cfg.omega,
-                             minority={k: getattr(m, k) for k in ("scale", "every", "start", "stop", "perturb",
-                                                                  "distance", "lpips_weights")},
-                             classifier=cfg.classifier.checkpoint, minority_score=cfg.generate.minority_score,
-                             score_iters=cfg.generate.score_iters, device=device)
-
-    def settings(self) -> dict[str, Any]:
-        """What determines the images (recorded in every sample's json and in the plan digest)."""
-        d = asdict(self)
-        for k in ("checkpoint", "device"):
-            d.pop(k)
-        d["minority"] = {k: v for k, v in d["minority"].items() if k != "lpips_weights"}
-        return d
+    s = cfg.sample
+    guidance: dict[str, Any] = {}
+    for name, cls in GUIDANCES.items():
+        section = getattr(cfg.guidance, name)
+        if cls.switched_on(section):
+            guidance[name] = {k: v for k, v in asdict(section).items() if k not in LOCAL_ONLY_KEYS}
+        else:
+            guidance[name] = {cls.scale_key: getattr(section, cls.scale_key)}
+    return {"sampler": {k: getattr(s, k) for k in SAMPLER_KEYS}, "use_ema": s.use_ema, "guidance": guidance,
+            "minority_score": cfg.generate.minority_score, "score_iters": cfg.generate.score_iters,
+            "checkpoint_digest": checkpoint_digest}
 
 
 def checkpoint_digest(uri: str) -> str:
@@ -72,79 +54,119 @@ def checkpoint_digest(uri: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _device(name: str) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class ImageGenerator:
     """``gen(batch) -> batch`` with ``image`` (uint8 [B,H,W,C]) and, optionally, ``minority_score`` added.
 
+    ``cfg``: the frozen root ``Config`` (reads ``sample``, ``guidance``, ``generate.minority_score``,
+    ``generate.score_iters`` and ``classifier.checkpoint`` for the minority ``classifier`` distance);
+    ``checkpoint``: a diffusion checkpoint file or directory (local or s3://); ``device``: where to run
+    (a ``torch.device`` or string; callers pick it with ``ltaug.train.resolve_device``).
+
     The batch needs ``label`` and ``seed`` (int arrays); every other column passes through unchanged.
+    The model is built in ``__init__``; pickling keeps only the constructor arguments and the copy
+    rebuilds the model on first use (so Ray can ship an instance or build one from the same kwargs).
     """
 
-    def __init__(self, spec: GeneratorSpec) -> None:
-        from ..diffusion import SamplerSpec, guidance_from_config, load_diffusion
+    def __init__(self, cfg: Any, checkpoint: str, device: torch.device | str, *, checkpoint_digest: str = "") -> None:
+        if not checkpoint:
+            raise ValueError("model.checkpoint: a diffusion checkpoint is required to generate (local or s3://)")
+        self.cfg, self.checkpoint, self.checkpoint_digest = cfg, checkpoint, checkpoint_digest
+        self.device = torch.device(device)
+        self._built: dict[str, Any] | None = None
+        self._build()
 
-        self.spec = spec
-        self.device = _device(spec.device)
-        loaded = load_diffusion(spec.checkpoint, device=self.device, use_ema=spec.use_ema)
-        self.model, self.schedule = loaded.model, loaded.schedule
-        self.num_classes = loaded.num_classes
-        self.extra = loaded.extra
-        self.sampler = SamplerSpec(spec.sampler, spec.steps, spec.eta, spec.variance, spec.clip_denoised)
-        extractor = None
-        if spec.minority.get("scale", 0) > 0 and spec.minority.get("distance") == "classifier":
-            from ..classify import load_classifier
+    # -- construction and pickling --------------------------------------------------------------
+    def _build(self) -> dict[str, Any]:
+        if self._built is None:
+            from ..diffusion import guidances_from_config, load_diffusion
 
-            clf, _ = load_classifier(spec.classifier, self.device)
-            extractor = clf.features
-        self.cfg_guidance, self.minority = guidance_from_config(_GuidanceView(spec), extractor)
+            loaded = load_diffusion(self.checkpoint, device=self.device, use_ema=self.cfg.sample.use_ema)
+            m = self.cfg.guidance.minority
+            extractor = None
+            if m.scale > 0 and m.distance == "classifier":
+                extractor = self._classifier_features()
+            self._built = {"model": loaded.model, "schedule": loaded.schedule, "extra": loaded.extra,
+                           "guidances": guidances_from_config(self.cfg.guidance, extractor=extractor)}
+        return self._built
+
+    def _classifier_features(self):
+        uri = self.cfg.classifier.checkpoint
+        if not uri:
+            raise ValueError("guidance.minority.distance=classifier needs classifier.checkpoint")
+        from ..classify import load_classifier
+
+        clf, _ = load_classifier(uri, self.device)
+        for p in clf.parameters():
+            p.requires_grad_(False)
+        return clf.features
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cfg": self.cfg, "checkpoint": self.checkpoint, "device": str(self.device),
+                "checkpoint_digest": self.checkpoint_digest}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.cfg, self.checkpoint = state["cfg"], state["checkpoint"]
+        self.checkpoint_digest, self.device = state["checkpoint_digest"], torch.device(state["device"])
+        self._built = None  # rebuilt on first use, where the copy runs
+
+    # -- what it is -------------------------------------------------------------------------------
+    @property
+    def model(self):
+        return self._build()["model"]
+
+    @property
+    def schedule(self):
+        return self._build()["schedule"]
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self._build()["extra"]
+
+    @property
+    def guidances(self) -> list:
+        return self._build()["guidances"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.spec.num_classes
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         s = self.model.spec
         return s.image_size, s.image_size, s.in_channels
 
+    def settings(self) -> dict[str, Any]:
+        """:func:`generation_settings` of this generator."""
+        return generation_settings(self.cfg, self.checkpoint_digest)
+
+    # -- the UDF ----------------------------------------------------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ..data.types import to_uint8
         from ..diffusion import minority_score, sample
 
+        b = self._build()
+        model, schedule = b["model"], b["schedule"]
         labels = np.asarray(batch["label"], dtype=np.int64)
         seeds = [int(s) for s in np.asarray(batch["seed"], dtype=np.int64)]
         if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"labels must lie in 0..{self.num_classes - 1} (the checkpoint's classes)")
         out = dict(batch)
+        score = self.cfg.generate.minority_score
         if not len(labels):
             out["image"] = np.zeros((0, *self.image_shape), np.uint8)
-            if self.spec.minority_score:
+            if score:
                 out["minority_score"] = np.zeros(0, np.float32)
             return out
         y = torch.from_numpy(labels).to(self.device)
-        x = sample(self.model, self.schedule, y, seeds, self.sampler, cfg=self.cfg_guidance, minority=self.minority)
+        x = sample(model, schedule, y, seeds, self.cfg.sample, guidances=b["guidances"])
         out["image"] = to_uint8(x)
-        if self.spec.minority_score:
+        if score:
             score_seeds = [(s ^ SCORE_SEED_SALT) for s in seeds]
             x_q = torch.from_numpy(out["image"]).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # score what is stored
-            sc = minority_score(self.model, self.schedule, x_q.to(self.device), y, score_seeds,
-                                n_iter=self.spec.score_iters)
+            sc = minority_score(model, schedule, x_q.to(self.device), y, score_seeds,
+                                n_iter=self.cfg.generate.score_iters)
             out["minority_score"] = sc.float().cpu().numpy()
         return out
 
 
-class _GuidanceView:
-    """Duck-typed ``guidance`` config section built from a GeneratorSpec (for ``guidance_from_config``)."""
-
-    def __init__(self, spec: GeneratorSpec) -> None:
-        class _NS:
-            def __init__(self, **kw: Any) -> None:
-                self.__dict__.update(kw)
-
-        m = {"scale": 0.0, "every": 5, "start": 0.0, "stop": 1.0, "perturb": 0.8, "distance": "l2",
-             "lpips_weights": "", **spec.minority}
-        self.cfg = _NS(omega=spec.omega)
-        self.minority = _NS(**m)
-
-
-__all__ = ["ImageGenerator", "GeneratorSpec", "checkpoint_digest"]
+__all__ = ["ImageGenerator", "generation_settings", "checkpoint_digest"]

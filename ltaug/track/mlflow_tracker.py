@@ -18,10 +18,8 @@ class MLflowTracker:
 
     def __init__(self, uri: str, experiment: str, run_name: str, parent_run_id: str | None = None,
                  tags: dict[str, str] | None = None, artifact_root: str | None = None) -> None:
-        import mlflow
         from mlflow.tracking import MlflowClient
 
-        self._mlflow = mlflow
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
@@ -33,6 +31,17 @@ class MLflowTracker:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
         self.run_id: str | None = run.info.run_id
         self.experiment = experiment
+
+    # Picklable: a worker process (a Ray Train rank, a Tune trial) logs into the same run through a fresh
+    # client; unpickling never creates a run.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_mlflow", "client")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.__dict__.update(state)
+        self.client = MlflowClient(tracking_uri=self.uri)
 
     def _create_experiment(self, name: str) -> str:
         try:

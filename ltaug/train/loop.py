@@ -28,22 +28,28 @@ class Objective(Protocol):
 
 @dataclass(frozen=True)
 class LoopSpec:
+    """What the loop needs, all required: no defaults here, so the config is the one source of every value.
+
+    Built by one builder per task from its config section: ``ltaug.diffusion.train.loop_spec(cfg)``
+    (``train`` + ``seed``) and ``ltaug.classify.trainer.loop_spec(cfg.classifier, n, seed)``.
+    """
+
     steps: int
     lr: float
-    optimizer: str = "adam"           # adam | adamw | sgd
-    momentum: float = 0.9             # sgd only
-    weight_decay: float = 0.0
-    warmup: int = 0                   # linear warm-up steps
-    milestones: tuple[int, ...] = ()  # lr x gamma at these steps
-    gamma: float = 0.1
-    grad_clip: float = 0.0
-    ema_decay: float = 0.0
-    amp: bool = False
-    log_every: int = 50
-    ckpt_every: int = 0
-    keep_checkpoints: int = 2
-    seed: int = 0
-    desc: str = "train"
+    optimizer: str                # adam | adamw | sgd
+    momentum: float               # sgd only
+    weight_decay: float
+    warmup: int                   # linear warm-up steps
+    milestones: tuple[int, ...]   # lr x gamma at these steps
+    gamma: float
+    grad_clip: float              # 0 = off
+    ema_decay: float              # 0 = off
+    amp: bool
+    log_every: int
+    ckpt_every: int               # 0 = only at the end
+    keep_checkpoints: int
+    seed: int
+    desc: str                     # progress-bar / error label
 
 
 @dataclass
@@ -108,9 +114,11 @@ def fit(model: nn.Module, objective: Objective, spec: LoopSpec, world: World, *,
     scaler_on = spec.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=scaler_on)
     start = 0
+    resumed_uri = None
     if resume and ckpt_dir:
         state = ckpt_io.latest_valid(ckpt_dir, map_location=device)
         if state is not None:
+            resumed_uri = state["_uri"]
             unwrap(net).load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             if ema is not None and state.get("ema") is not None:
@@ -179,7 +187,7 @@ def fit(model: nn.Module, objective: Objective, spec: LoopSpec, world: World, *,
                 fn(st)
     bar.close()
     if start >= spec.steps and ckpt_dir and world.is_main:
-        result.checkpoint = ckpt_io.list_checkpoints(ckpt_dir)[-1][1] if ckpt_io.list_checkpoints(ckpt_dir) else None
+        result.checkpoint = resumed_uri              # the newest *valid* checkpoint, the one resumed from
     for _, fn in every or []:
         if world.is_main:
             fn(st)

@@ -1,10 +1,12 @@
-"""Golden values for short DDPM / DDIM loops, batch-split invariance, guidance contracts."""
+"""Golden values for short DDPM / DDIM loops on a seeded micro UNet (a UNet + sampler regression; the
+architecture-free goldens are in test_sampler_goldens.py), guidance behaviour, steppers."""
 import pytest
 import torch
 
 from diffusion_helpers import GaussianPlusUNet, micro_unet
+from ltaug.config import SampleConfig
 from ltaug.diffusion import (DISTANCES, ClassifierFree, DDIMStepper, DDPMStepper, MinorityGuidance,
-                             NoiseSchedule, SamplerSpec, sample, sample_seeds)
+                             NoiseSchedule, Window, sample, sample_batched, sample_seeds)
 from ltaug.diffusion.sample import EpsFn
 
 LABELS = torch.tensor([0, 1, 2, 3, 1])  # 3 = null label
@@ -23,10 +25,10 @@ def golden_model():
     return GaussianPlusUNet(micro_unet(), s.alpha_bar), s
 
 
-def run(kind, **kw):
-    spec = SamplerSpec("ddpm", 8) if kind == "ddpm" else SamplerSpec("ddim", 8, eta=0.0)
+def run(kind, *guidances):
+    spec = SampleConfig(sampler=kind, steps=8, eta=0.0)
     m, s = golden_model()
-    return sample(m, s, LABELS, SEEDS, spec, **kw)
+    return sample(m, s, LABELS, SEEDS, spec, guidances=guidances)
 
 
 @pytest.mark.parametrize("kind", ["ddpm", "ddim"])
@@ -36,38 +38,32 @@ def test_golden(kind):
     torch.testing.assert_close(torch.tensor(got), torch.tensor(GOLDEN[kind]), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(cfg=ClassifierFree(1.5)),
-                                dict(minority=MinorityGuidance(0.5, every=2))], ids=["plain", "cfg", "minority"])
-@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
-def test_batch_split_invariance(kind, kw):
-    spec = SamplerSpec(kind, 6, eta=0.5)
+def test_sample_batched_is_one_call():
     m, s = golden_model()
-    whole = sample(m, s, LABELS, SEEDS, spec, **kw)
-    parts = torch.cat([sample(m, s, LABELS[:1], SEEDS[:1], spec, **kw),
-                       sample(m, s, LABELS[1:4], SEEDS[1:4], spec, **kw),
-                       sample(m, s, LABELS[4:], SEEDS[4:], spec, **kw)])
-    assert torch.equal(whole, parts)
-    reordered = sample(m, s, LABELS.flip(0), list(reversed(SEEDS)), spec, **kw)
-    assert torch.equal(whole, reordered.flip(0))
+    spec = SampleConfig(sampler="ddpm", steps=6, batch_size=2)
+    g = [ClassifierFree(1.0), MinorityGuidance(0.5, Window(every=2))]
+    assert torch.equal(sample_batched(m, s, LABELS, SEEDS, spec, guidances=g),
+                       sample(m, s, LABELS, SEEDS, spec, guidances=g))
 
 
 @pytest.mark.parametrize("kind", ["ddpm", "ddim"])
 def test_zero_scale_guidance_changes_nothing(kind):
     base = run(kind)
-    assert torch.equal(base, run(kind, cfg=ClassifierFree(0.0)))
-    assert torch.equal(base, run(kind, minority=MinorityGuidance(0.0, every=1)))
-    assert not torch.equal(base, run(kind, minority=MinorityGuidance(2.0, every=1)))
-    assert not torch.equal(base, run(kind, cfg=ClassifierFree(2.0)))
+    assert torch.equal(base, run(kind, ClassifierFree(0.0)))
+    assert torch.equal(base, run(kind, MinorityGuidance(0.0, Window())))
+    assert not torch.equal(base, run(kind, MinorityGuidance(2.0, Window())))
+    assert not torch.equal(base, run(kind, ClassifierFree(2.0)))
 
 
 def test_cfg_convention():
     m = micro_unet()
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([5, 5, 5])
     y = torch.tensor([0, 1, 2])
-    fn = EpsFn(m, y, 3, ClassifierFree(0.7))
+    fn = EpsFn(m, y, 3)
     ec, eu = m(x, t, y), m(x, t, None)
-    torch.testing.assert_close(fn(x, t), ec + 0.7 * (ec - eu), atol=1e-5, rtol=1e-5)
-    assert fn.forwards == 1
+    torch.testing.assert_close(fn(x, t, [ClassifierFree(0.7)]), ec + 0.7 * (ec - eu), atol=1e-5, rtol=1e-5)
+    assert fn.forwards == 1  # cond and uncond in one [2B] forward
+    torch.testing.assert_close(fn(x, t), ec, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(DISTANCES))
@@ -94,24 +90,25 @@ def test_distance_registry(name, tmp_path):
     assert out.shape == (3,) and torch.isfinite(out).all()
     out.sum().backward()
     assert a.grad is not None and a.grad.abs().sum() > 0
-    m = MinorityGuidance(1.0, every=1, distance=d)
-    x = run("ddim", minority=m)
+    m = MinorityGuidance(1.0, Window(), distance=d)
+    x = run("ddim", m)
     assert torch.isfinite(x).all()
 
 
 def test_minority_schedule_window_and_forward_reuse():
-    g = MinorityGuidance(1.0, every=5)
+    g = MinorityGuidance(1.0, Window(every=5))
     n = 20
     active = [i for i in range(n) if g.active(i, n)]
     assert active == [4, 9, 14, 19]  # respaced index n-1-i multiple of 5
-    w = MinorityGuidance(1.0, every=1, start=0.25, stop=0.5)
+    assert MinorityGuidance(1.0).window == Window(every=5)  # SG-minority's inter_rate by default
+    w = MinorityGuidance(1.0, Window(0.25, 0.5, 1))
     assert [i for i in range(n) if w.active(i, n)] == [5, 6, 7, 8, 9]
     # a guided step costs exactly one extra (no-grad) forward: x0_hat reuses the step's own forward
     m = micro_unet()
     calls = []
     orig = m.forward
     m.forward = lambda *a, **k: calls.append(torch.is_grad_enabled()) or orig(*a, **k)
-    sample(m, NoiseSchedule.linear(1000), LABELS, SEEDS, SamplerSpec("ddim", 20), minority=g)
+    sample(m, NoiseSchedule.linear(1000), LABELS, SEEDS, SampleConfig(sampler="ddim", steps=20), guidances=[g])
     assert len(calls) == 20 + 4 and sum(calls) == 4  # 4 guided forwards with grad, 4 re-denoise without
 
 

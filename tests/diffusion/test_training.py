@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ltaug.config import load_config
+from ltaug.config import SampleConfig, load_config
 from ltaug.data import ImageSet
-from ltaug.diffusion import (MinorityGuidance, SamplerSpec, load_diffusion, minority_score, sample,
-                             sample_seeds, train_diffusion)
+from ltaug.diffusion import (MinorityGuidance, Window, load_diffusion, minority_score, sample, sample_seeds,
+                             train_diffusion)
 from ltaug.train import LocalWorld
 
 
@@ -71,7 +71,7 @@ def test_checkpoint_loads_and_samples(trained):
     loaded = load_diffusion(res.checkpoint)
     assert loaded.step == STEPS and loaded.num_classes == 2 and loaded.extra["counts"] == [48, 16]
     y = torch.tensor([0, 1] * 8)
-    x = sample(loaded.model, loaded.schedule, y, sample_seeds(1, 16), SamplerSpec("ddim", 20))
+    x = sample(loaded.model, loaded.schedule, y, sample_seeds(1, 16), SampleConfig(sampler="ddim", steps=20))
     # class 0 is bright on top, class 1 at the bottom
     top_brighter = x[:, 0, :4].mean(dim=(1, 2)) > x[:, 0, 4:].mean(dim=(1, 2))
     assert (top_brighter == (y == 0)).float().mean() >= 0.75
@@ -101,15 +101,15 @@ def test_minority_guidance_raises_knn_distance(trained):
     real, _ = toy_data().train.tensors()
     labels = torch.tensor([0, 1] * 8)
     seeds = sample_seeds(11, 16)
-    spec = SamplerSpec("ddpm", 25)
+    minority = [MinorityGuidance(1.0, Window(every=2))]
+    spec = SampleConfig(sampler="ddpm", steps=25)
     plain = sample(loaded.model, loaded.schedule, labels, seeds, spec)
-    guided = sample(loaded.model, loaded.schedule, labels, seeds, spec,
-                    minority=MinorityGuidance(1.0, every=2))
+    guided = sample(loaded.model, loaded.schedule, labels, seeds, spec, guidances=minority)
     assert _avg_knn(guided, real) > _avg_knn(plain, real)
     # the same under DDIM
-    spec = SamplerSpec("ddim", 25)
+    spec = SampleConfig(sampler="ddim", steps=25)
     plain = sample(loaded.model, loaded.schedule, labels, seeds, spec)
-    guided = sample(loaded.model, loaded.schedule, labels, seeds, spec, minority=MinorityGuidance(1.0, every=2))
+    guided = sample(loaded.model, loaded.schedule, labels, seeds, spec, guidances=minority)
     assert _avg_knn(guided, real) > _avg_knn(plain, real)
 
 

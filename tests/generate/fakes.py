@@ -19,7 +19,7 @@ def tiny_diffusion_checkpoint(path: str, counts=COUNTS, image_size: int = 8, cha
 
     torch.manual_seed(seed)
     arch = dict(PRESETS[preset]) if preset else dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
-                                                     dropout=0.0, groups=4)
+                                                     dropout=0.0, num_heads=1, groups=4)
     spec = UNetSpec(in_channels=channels, image_size=image_size, num_classes=len(counts), **arch)
     model = UNet(spec)
     sd = dict(spec.__dict__)

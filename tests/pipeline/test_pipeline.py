@@ -3,8 +3,6 @@ resume on re-run, and skipping stages by pointing at existing outputs."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,19 +16,39 @@ TINY = ["train.steps=30", "train.batch_size=16", "train.ckpt_every=0", "classifi
         "eval.kid_subsets=5"]
 
 
-def run_pipeline(out: Path, *extra: str) -> tuple[Path, dict, str]:
-    sets = [a for s in (*TINY, f"run.output_dir={out}", *extra) for a in ("--set", s)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "jobs/pipeline.py", "--config", "configs/quickstart.yaml", *sets],
-                       capture_output=True, text=True, cwd=ROOT, timeout=1500, env=env)
-    assert p.returncode == 0, p.stderr[-4000:]
-    run_dir = Path(p.stdout.strip().splitlines()[-1])
-    return run_dir, json.loads((run_dir / "summary.json").read_text()), p.stdout
+@pytest.fixture
+def run_pipeline(capsys, monkeypatch):
+    """The pipeline job in this process (one thread), counting how often the dataset source is decoded."""
+    import torch
+
+    from ltaug.data import sources
+
+    sys.path.insert(0, str(ROOT / "jobs"))
+    import pipeline as job
+
+    decoded = []
+    real = sources.SOURCES["digits"]
+    monkeypatch.setitem(sources.SOURCES, "digits", lambda cfg, split: decoded.append(split) or real(cfg, split))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def go(out: Path, *extra: str) -> tuple[Path, dict, str, list]:
+        decoded.clear()
+        sets = [a for s in (*TINY, f"run.output_dir={out}", *extra) for a in ("--set", s)]
+        rc = job.job_main("pipeline", "", job.body, ["--config", str(ROOT / "configs" / "quickstart.yaml"), *sets])
+        cap = capsys.readouterr()
+        assert rc == 0, cap.err[-4000:]
+        run_dir = Path(cap.out.strip().splitlines()[-1])
+        return run_dir, json.loads((run_dir / "summary.json").read_text()), cap.out, list(decoded)
+
+    yield go
+    torch.set_num_threads(n)
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end(tmp_path):
-    run_dir, s, stdout = run_pipeline(tmp_path / "runs")
+def test_pipeline_end_to_end(tmp_path, run_pipeline):
+    run_dir, s, stdout, decoded = run_pipeline(tmp_path / "runs")
+    assert sorted(decoded) == ["test", "train"]        # decoded once into the dataset artifact, then read from it
     assert ACC <= set(s["baseline"]) and ACC <= set(s["augmented"])
     assert set(s["classical"]) == {"resample", "balanced_softmax"}
     assert all(ACC <= set(v) for v in s["classical"].values())
@@ -55,14 +73,22 @@ def test_pipeline_end_to_end(tmp_path):
     assert "acc_few" in client.get_run(ids["augmented"]).data.metrics
 
     # the same config again resumes: nothing retrained or regenerated, identical results
-    run_dir2, s2, _ = run_pipeline(tmp_path / "runs")
+    run_dir2, s2, _, decoded2 = run_pipeline(tmp_path / "runs")
+    assert decoded2 == []                                # the artifact of the first run is reused
     assert run_dir2 == run_dir
     assert s2["baseline"] == s["baseline"] and s2["augmented"] == s["augmented"]
-    assert s2["seconds"]["generate"] < s["seconds"]["generate"] + 5
+    gen2 = json.loads((run_dir / "generate" / "summary.json").read_text())
+    assert gen2["new_shards"] == 0 and gen2["skipped_shards"] > 0          # every shard was already published
+    diff2 = json.loads((run_dir / "diffusion" / "summary.json").read_text())
+    assert diff2["resumed_from"] == diff2["steps"] == 30                   # resumed from the final checkpoint
+    for stage in ("baseline", "augmented"):
+        st = json.loads((run_dir / stage / "summary.json").read_text())
+        assert st["checkpoint"] == s["checkpoints"][stage]
+    assert s2["dataset"] == s["dataset"]                                   # one dataset artifact, reused
 
     # stages skipped by pointing at existing outputs (a fresh output dir)
     ck = s["checkpoints"]
-    _, s3, out3 = run_pipeline(tmp_path / "runs3", f"classifier.checkpoint={ck['baseline']}",
+    _, s3, out3, _ = run_pipeline(tmp_path / "runs3", f"classifier.checkpoint={ck['baseline']}",
                                f"model.checkpoint={ck['diffusion']}", f"pipeline.shards={s['shards']}",
                                "pipeline.classical=[]")
     assert "using existing" in out3 and s3["classical"] == {}

@@ -48,3 +48,59 @@ def test_yaml_round_trip(seed, steps, omega, sampler):
     cfg = load_config(None, [f"seed={seed}", f"train.steps={steps}", f"guidance.cfg.omega={omega!r}",
                              f"sample.sampler={sampler}"])
     assert from_dict(yaml.safe_load(config_to_yaml(cfg))) == cfg
+
+
+@settings(max_examples=30, deadline=None)
+@given(steps=st.integers(0, 10**6), lr=st.floats(1e-8, 10, allow_nan=False),
+       classes=st.lists(st.integers(0, 99), max_size=4), gpu=st.booleans(),
+       name=st.text(alphabet="abcxyz-_", min_size=1, max_size=8))
+def test_typed_value_equals_its_string_form(steps, lr, classes, gpu, name):
+    from ltaug.config import Config, with_values
+
+    typed = {"train.steps": steps, "train.lr": lr, "sample.classes": classes, "resources.use_gpu": gpu,
+             "run.name": name}
+    text = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in typed.items()]
+    assert with_values(Config(), typed) == load_config(None, text)
+
+
+@settings(max_examples=30, deadline=None)
+@given(key=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=10),
+       section=st.sampled_from(["data", "train", "model", "guidance.minority", "classifier"]))
+def test_unknown_key_error_is_the_same_from_set_and_with_values(key, section):
+    import pytest
+
+    from ltaug.config import Config, with_values
+
+    dotted = f"{section}.{key}"
+    try:
+        with_values(Config(), {dotted: 1})
+    except ConfigError as e:
+        by_values = str(e)
+    else:
+        return   # a real key
+    if "unknown key" not in by_values:
+        return   # a real key with a bad value
+    with pytest.raises(ConfigError) as by_set:
+        load_config(None, [f"{dotted}=1"])
+    assert str(by_set.value) == f"--set {dotted}=1: {by_values}"
+    assert by_values.startswith(f"unknown key {dotted!r}; allowed keys in {section}: [")
+
+
+@settings(max_examples=20, deadline=None)
+@given(split=st.lists(st.booleans(), min_size=5, max_size=5), ratio=st.floats(1, 500), size=st.integers(4, 64))
+def test_layers_merge_per_key(tmp_path_factory, split, ratio, size):
+    """Keys spread over two files give the config of one file holding them all (later file wins per key)."""
+    d = tmp_path_factory.mktemp("layers")
+    items = [("data", "imbalance_ratio", ratio), ("data", "image_size", size), ("train", "steps", 5),
+             ("train", "lr", 0.5), ("sample", "classes", [1, 2])]
+    first, second, whole = {}, {}, {}
+    for (sec, k, v), later in zip(items, split):
+        (second if later else first).setdefault(sec, {})[k] = v
+        whole.setdefault(sec, {})[k] = v
+    first.setdefault("data", {})["image_size"] = 99     # overridden by the later file when it sets the key
+    for name, data in (("a", first), ("b", second), ("w", whole)):
+        (d / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    got = load_config([d / "a.yaml", d / "b.yaml"])
+    want = load_config([d / "w.yaml"], [] if split[1] else ["data.image_size=99"])
+    assert got == want

@@ -111,21 +111,6 @@ def test_job_sigkilled_mid_run_then_rerun_is_exact(ckpts, tmp_path):
 # ------------------------------------------------------------------ Ray: a generator actor dies
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    if ray.is_initialized():            # e.g. tests/distributed's session Ray: reuse, never stop it
-        yield ray
-        return
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
-             log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def _map_actor_pids() -> list[int]:
     import ray._private.state as rstate
 
@@ -137,7 +122,8 @@ def _map_actor_pids() -> list[int]:
 @pytest.mark.slow
 def test_generator_actor_killed_mid_run_job_still_completes(ray_session, ckpts, tmp_path):
     from ltaug.config import load_config
-    from ltaug.distributed.generation import run_generation, setup_generation
+    from ltaug.cli import make_launcher
+    from ltaug.stages.generate import run_generation, setup_generation
 
     out = tmp_path / "out"
     sets = gen_overrides(ckpts[0], str(out), str(tmp_path / "runs"), "resources.num_workers=1",
@@ -148,7 +134,7 @@ def test_generator_actor_killed_mid_run_job_still_completes(ray_session, ckpts, 
 
     def job() -> None:
         try:
-            result["res"] = run_generation(setup, cfg.resources)
+            result["res"] = run_generation(setup, make_launcher(cfg))
         except BaseException as e:  # noqa: BLE001 - reported by the assertion below
             result["error"] = e
 
@@ -195,13 +181,14 @@ def _member_tar(names: list[str]) -> bytes:
 
 def test_verify_flags_truncated_duplicated_and_unsafe_shards(ckpts, tmp_path):
     from ltaug.config import load_config
-    from ltaug.distributed.generation import run_generation, setup_generation
+    from ltaug.cli import make_launcher
+    from ltaug.stages.generate import run_generation, setup_generation
 
     out = tmp_path / "out"
     sets = gen_overrides(ckpts[0], str(out), str(tmp_path / "runs"), "resources.num_workers=0", "sample.steps=2")
     cfg = load_config(None, [s for s in sets if s != "--set"])
     setup = setup_generation(cfg, str(tmp_path / "runs"))
-    run_generation(setup, cfg.resources)
+    run_generation(setup, make_launcher(cfg))
     assert verify(str(out)).ok
     tars = sorted(out.glob("*.tar"))
     orig = {p: p.read_bytes() for p in tars}

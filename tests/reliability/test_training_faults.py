@@ -37,8 +37,9 @@ def _objective(model, step, g):
 
 
 def _spec(steps: int) -> LoopSpec:
-    return LoopSpec(steps=steps, lr=0.01, warmup=0, grad_clip=1.0, ema_decay=0.9, ckpt_every=2, log_every=1, seed=3,
-                    keep_checkpoints=5)
+    return LoopSpec(steps=steps, lr=0.01, optimizer="adam", momentum=0.0, weight_decay=0.0, warmup=0, milestones=(),
+                    gamma=0.1, grad_clip=1.0, ema_decay=0.9, amp=False, log_every=1, ckpt_every=2, keep_checkpoints=5,
+                    seed=3, desc="train")
 
 
 def _fit(steps: int, d: Path):
@@ -136,18 +137,19 @@ def test_loaders_on_a_directory_skip_a_bad_newest_checkpoint(tmp_path, how):
     # nothing usable at all: a clear error, not a traceback deep in torch
     for d in (cd, dd):
         _corrupt(ckpt_io.path_for(str(d), 1), "garbage", tmp_path)
-    with pytest.warns(UserWarning), pytest.raises(ckpt_io.CheckpointError, match="no classifier checkpoint under"):
+    with pytest.warns(UserWarning), pytest.raises(ckpt_io.CheckpointError, match="no valid ckpt-<step>.pt checkpoint"):
         load_classifier(str(cd))
-    with pytest.warns(UserWarning), pytest.raises(ckpt_io.CheckpointError, match="no diffusion checkpoint under"):
+    with pytest.warns(UserWarning), pytest.raises(ckpt_io.CheckpointError, match="no valid ckpt-<step>.pt checkpoint"):
         load_diffusion(str(dd))
 
 
 # ------------------------------------------------------------------ Ray Train: a worker process dies
 
 
-def _dying_train_fn(cfg, world, ckpt_dir: str) -> dict:
+def _dying_train_fn(task, world, tracker) -> dict:
     """A tiny fit whose worker process exits hard (no exception, no cleanup) at step 3 of the first attempt."""
     torch.set_num_threads(1)
+    ckpt_dir = task.ckpt_dir
     marker = os.path.join(os.path.dirname(ckpt_dir), "_killed_once")
 
     def maybe_die(st) -> None:
@@ -161,31 +163,22 @@ def _dying_train_fn(cfg, world, ckpt_dir: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_ray_train_worker_process_death_resumes_from_last_checkpoint(tmp_path):
-    import ray
-
-    from ltaug.cli import open_run
-    from ltaug.config import load_config
-    from ltaug.distributed.train import run_training
-
+def test_ray_train_worker_process_death_resumes_from_last_checkpoint(ray_session, tmp_path):
     import ray.cloudpickle
 
+    from ltaug.config import load_config
+    from ltaug.distributed import RayLauncher
+    from ltaug.stages import Task, open_run
+
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import this test module
-    started = False
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
-        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
-                 log_to_driver=False)
-        started = True
     try:
         cfg = load_config(None, [f"run.output_dir={tmp_path}/runs", "tracking.uri=none", "resources.num_workers=1",
                                  "resources.cpus_per_worker=1", "resources.max_failures=1"])
         run = open_run(cfg, "train_faults", tracked=False)
-        out = run_training(cfg, run, "toy", train_fn=_dying_train_fn)
+        task = Task("toy", cfg, "", run.path("checkpoints"), run.dir)
+        out = RayLauncher(cfg).train(_dying_train_fn, task, run.tracker)
     finally:
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-        if started:
-            ray.shutdown()
     killed_pid = int(Path(run.dir, "_killed_once").read_text())
     assert out["step"] == 6 and out["resumed_from"] == 2     # died after step 3: resumed from ckpt-2
     assert out["pid"] != killed_pid                           # a new worker process finished the job

@@ -31,9 +31,12 @@ def objective(batches):
     return obj
 
 
+TOY = dict(lr=0.01, optimizer="adam", momentum=0.0, weight_decay=0.0, warmup=2, milestones=(), gamma=0.1,
+           grad_clip=1.0, ema_decay=0.9, amp=False, log_every=1, ckpt_every=0, keep_checkpoints=2, seed=3, desc="toy")
+
+
 def spec(steps, **kw):
-    return LoopSpec(steps=steps, lr=0.01, warmup=2, grad_clip=1.0, ema_decay=0.9, ckpt_every=kw.pop("ckpt_every", 0),
-                    log_every=1, seed=3, **kw)
+    return LoopSpec(steps=steps, **{**TOY, **kw})
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -90,5 +93,45 @@ def test_step_batches_are_a_function_of_step():
 
 
 def test_lr_factor():
-    s = LoopSpec(steps=10, lr=1.0, warmup=4, milestones=(6,), gamma=0.1)
+    s = spec(10, lr=1.0, warmup=4, milestones=(6,), gamma=0.1)
     assert [round(lr_factor(s, i), 3) for i in range(8)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 0.1, 0.1]
+
+
+# ------------------------------------------------------------------ LoopSpec: no defaults, one builder each
+
+
+def test_loop_spec_has_no_defaults():
+    import dataclasses
+
+    for f in dataclasses.fields(LoopSpec):
+        assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, f.name
+
+
+def test_diffusion_loop_spec_comes_from_train_and_seed():
+    from ltaug.config import Config, with_values
+    from ltaug.diffusion.train import loop_spec
+
+    cfg = with_values(Config(), {"seed": 9, "train": dict(steps=200, lr=0.5, optimizer="sgd", momentum=0.7,
+                                                            weight_decay=0.01, warmup=3, milestones=[0.5, 0.75],
+                                                            lr_gamma=0.2, grad_clip=2.0, ema_decay=0.5, amp=False,
+                                                            log_every=7, ckpt_every=11, keep_checkpoints=4)})
+    assert loop_spec(cfg) == LoopSpec(steps=200, lr=0.5, optimizer="sgd", momentum=0.7, weight_decay=0.01, warmup=3,
+                                      milestones=(100, 150), gamma=0.2, grad_clip=2.0, ema_decay=0.5, amp=False,
+                                      log_every=7, ckpt_every=11, keep_checkpoints=4, seed=9, desc="diffusion")
+    t, s = Config().train, loop_spec(Config())   # the defaults are the config's, field by field
+    assert (s.steps, s.lr, s.optimizer, s.momentum, s.warmup, s.grad_clip, s.ema_decay, s.amp, s.keep_checkpoints) == (
+        t.steps, t.lr, t.optimizer, t.momentum, t.warmup, t.grad_clip, t.ema_decay, t.amp, t.keep_checkpoints)
+
+
+def test_classifier_loop_spec_comes_from_classifier():
+    from ltaug.classify.trainer import loop_spec
+    from ltaug.config import Config, with_values
+
+    c = with_values(Config(), {"classifier": dict(steps=100, lr=0.3, optimizer="adamw", momentum=0.8,
+                                                   weight_decay=0.002, warmup=0.1, milestones=[0.5], lr_gamma=0.5,
+                                                   grad_clip=3.0, ema_decay=0.9, amp=True, log_every=5,
+                                                   ckpt_every=20, keep_checkpoints=3)}).classifier
+    assert loop_spec(c, n_train=1000, seed=4) == LoopSpec(
+        steps=100, lr=0.3, optimizer="adamw", momentum=0.8, weight_decay=0.002, warmup=10, milestones=(50,),
+        gamma=0.5, grad_clip=3.0, ema_decay=0.9, amp=True, log_every=5, ckpt_every=20, keep_checkpoints=3, seed=4,
+        desc="classifier[resnet32/ce]")

@@ -7,9 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cli import Run
 from ..config import Config
 from ..data import LTDataset, ImageSet
+from ..train import resolve_device
+from .run import Run
 
 ACC = ("acc_all", "acc_many", "acc_medium", "acc_few")
 
@@ -23,7 +24,7 @@ def write_report(cfg: Config, run: Run, data: LTDataset, baseline: dict[str, Any
     from ..classify import IdAidOodFilter, load_classifier
     from ..eval import evaluate_generated, make_feature_space, plots
 
-    device = "cuda" if (cfg.resources.use_gpu and torch.cuda.is_available()) else "cpu"
+    device = resolve_device(cfg.resources)
     model, bank = load_classifier(baseline["checkpoint"], device)
     K = data.num_classes
     real_counts = data.train.counts.as_array()
@@ -31,9 +32,9 @@ def write_report(cfg: Config, run: Run, data: LTDataset, baseline: dict[str, Any
     made: dict[str, str] = {}
     made["class_histogram"] = plots.class_histogram(real_counts, run.local("plots", "class_histogram.png"), syn_counts,
                                                     data.train.class_names, "train images per class: real + synthetic")
-    made["per_class_accuracy"] = plots.per_class_accuracy(augmented["report"]["per_class"],
+    made["per_class_accuracy"] = plots.per_class_accuracy(augmented["per_class"],
                                                           run.local("plots", "per_class_accuracy.png"),
-                                                          baseline["report"]["per_class"], data.groups,
+                                                          baseline["per_class"], data.groups,
                                                           "per-class top-1: augmented vs baseline")
     made["samples_real"] = plots.sample_grid(data.train.images, data.train.labels, run.local("plots", "samples_real.png"),
                                              K, cfg.eval.grid_per_class, "real (long-tailed train set)")
@@ -84,7 +85,7 @@ def _markdown(cfg: Config, data: LTDataset, baseline, classical, augmented, gen,
              "## Top-1 on the balanced test set (%)", "",
              "| method | all | many | medium | few |", "|---|---|---|---|---|"]
     for name, r in rows:
-        rep = r["report"]
+        rep = r
         lines.append(f"| {name} | " + " | ".join(_pct(rep[k]) for k in ACC) + " |")
     man = gen.get("manifest")
     lines += ["", "## Generation", ""]

@@ -1,0 +1,112 @@
+"""A job's run: its directory (local or ``s3://``), a local scratch directory and its tracker.
+
+Every stage writes into a :class:`Run`; the pipeline opens one child run per stage (a sub-directory and
+an MLflow run nested under the pipeline's). The run name is the job plus a digest of what it computes,
+so re-submitting the same config resumes into the same directory (also on another worker count).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import storage
+from ..config import Config, config_to_yaml, digest, flat_params, public_dict
+from ..track import NullTracker, Tracker, make_tracker
+
+RUN_NAME_IGNORES = ("resources", "tracking", "run")  # where/how a job runs does not change what it computes
+
+
+@dataclass
+class Run:
+    cfg: Config
+    job: str
+    dir: str
+    local_dir: str
+    tracker: Tracker = field(default_factory=NullTracker)
+
+    def path(self, *parts: str) -> str:
+        return storage.join(self.dir, *parts)
+
+    def local(self, *parts: str) -> str:
+        p = os.path.join(self.local_dir, *parts)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        return p
+
+    def publish(self, local_path: str, name: str | None = None, artifact_path: str | None = None) -> str:
+        """Copy a local file into the run dir (when remote) and log it as a tracked artifact."""
+        name = name or os.path.relpath(local_path, self.local_dir)
+        dst = self.path(name)
+        if storage.is_remote(self.dir):
+            with open(local_path, "rb") as fh:
+                storage.write_bytes(dst, fh.read())
+        self.tracker.log_artifact(local_path, artifact_path)
+        return dst
+
+    def write_json(self, name: str, obj: Any, artifact: bool = True) -> str:
+        p = self.local(name)
+        with open(p, "w") as fh:
+            json.dump(obj, fh, indent=2, default=json_default)
+        return self.publish(p, name) if artifact else p
+
+    def child(self, name: str, cfg: Config | None = None) -> "Run":
+        """A child run ``<this run>/<name>`` with a tracker nested under this one (pipeline stages)."""
+        local = os.path.join(self.local_dir, name)
+        os.makedirs(local, exist_ok=True)
+        tracker = self.tracker.child(f"{os.path.basename(self.dir.rstrip('/'))}/{name}")
+        tracker.set_tags({"ltaug.job": f"{self.job}/{name}"})
+        return Run(cfg=cfg or self.cfg, job=name, dir=self.path(name), local_dir=local, tracker=tracker)
+
+
+def json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def run_name(cfg: Config, job: str) -> str:
+    """Stable run name: the job plus a digest of what it computes, so resubmitting resumes (also on M workers)."""
+    if cfg.run.name:
+        return cfg.run.name
+    d = {k: v for k, v in public_dict(cfg).items() if k not in RUN_NAME_IGNORES}
+    d["data"] = {k: v for k, v in d["data"].items() if k != "cache_dir"}   # where data is cached changes nothing
+    return f"{job}-{digest(d)}"
+
+
+def run_dir(cfg: Config, job: str) -> str:
+    """Where ``open_run`` puts this job's run (absolute locally): what ``--dry-run`` reports."""
+    d = storage.join(cfg.run.output_dir, run_name(cfg, job))
+    return d if storage.is_remote(d) else os.path.abspath(d)
+
+
+def open_run(cfg: Config, job: str, parent_run_id: str | None = None, tracked: bool = True) -> Run:
+    name = run_name(cfg, job)
+    rdir = run_dir(cfg, job)
+    if storage.is_remote(rdir):
+        storage.check_access(rdir, write=True)
+        local_dir = os.path.join(tempfile.gettempdir(), "ltaug-runs", name)
+    else:
+        local_dir = rdir
+    os.makedirs(local_dir, exist_ok=True)
+    tracker: Tracker = NullTracker()
+    if tracked:
+        tracker = make_tracker(cfg.tracking.uri, cfg.run.output_dir, cfg.tracking.experiment, name,
+                               parent_run_id, tags={"ltaug.job": job})
+        tracker.log_params(flat_params(cfg))
+    run = Run(cfg=cfg, job=job, dir=rdir, local_dir=local_dir, tracker=tracker)
+    p = run.local("config.yaml")
+    with open(p, "w") as fh:
+        fh.write(config_to_yaml(cfg))
+    run.publish(p, "config.yaml")
+    return run
+
+
+__all__ = ["Run", "open_run", "run_name", "run_dir", "json_default", "RUN_NAME_IGNORES"]
