@@ -17,14 +17,17 @@ CATEGORY_NAMES = ("id", "aid", "ood")
 
 @dataclass(frozen=True)
 class FilterSpec:
-    classifier: str = ""                       # classifier checkpoint (with feature bank); "" = keep everything
-    keep: tuple[str, ...] = ("id", "aid")      # DiffuLT default: drop OOD
-    device: str = ""
-    batch_size: int = 256
+    """Runtime values of the filter (no defaults of its own: ``from_config`` reads ``filter.keep`` and
+    ``classifier.eval_batch_size``; the classifier file and the device are resolved by the caller)."""
+
+    classifier: str                            # classifier checkpoint file (with feature bank); "" = keep everything
+    keep: tuple[str, ...]                      # filter.keep (DiffuLT default: id, aid — drop OOD)
+    device: str                                # from ltaug.train.resolve_device
+    batch_size: int
 
     @staticmethod
-    def from_config(cfg, device: str = "") -> "FilterSpec":
-        return FilterSpec(cfg.classifier.checkpoint, tuple(cfg.filter.keep), device, cfg.classifier.eval_batch_size)
+    def from_config(cfg, classifier: str, device: str) -> "FilterSpec":
+        return FilterSpec(classifier, tuple(cfg.filter.keep), str(device), cfg.classifier.eval_batch_size)
 
     def settings(self) -> dict:
         """What decides kept / dropped (the classifier's weights are named by digest in the plan)."""
@@ -40,7 +43,7 @@ class FilterStage:
         if spec.classifier:
             from ..classify import IdAidOodFilter, load_classifier
 
-            device = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            device = torch.device(spec.device)
             model, bank = load_classifier(spec.classifier, device)
             if bank is None:
                 raise ValueError(f"{spec.classifier}: the classifier checkpoint has no feature bank "

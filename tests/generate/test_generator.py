@@ -38,7 +38,7 @@ def test_image_k_is_the_same_whatever_the_batch_split(ckpts):
     np.testing.assert_allclose(whole["minority_score"], np.concatenate([p["minority_score"] for p in parts]), rtol=1e-5)
     assert whole["image"].dtype == np.uint8 and whole["image"].shape == (plan.total, 8, 8, 1)
     assert len(np.unique(whole["image"].reshape(plan.total, -1), axis=0)) == plan.total   # distinct seeds and images
-    flt = FilterStage(FilterSpec(ckpts[1], ("id", "aid")))(whole)
+    flt = FilterStage(FilterSpec(ckpts[1], ("id", "aid"), "cpu", 256))(whole)
     assert set(flt["category"]) <= {"id", "aid", "ood"}
     assert all((r == "") == k for r, k in zip(flt["reason"], flt["keep"]))
     empty = gen(plan.rows(np.arange(0)))
