@@ -81,7 +81,7 @@ def loss_terms_cost_vs_passes(quick: bool) -> dict:
     B = 32 if quick else 64
     feat = torch.nn.Conv2d(1, 16, 3, padding=1).requires_grad_(False)
     space = SimpleFeatureSpace(lambda x: feat(x).mean(dim=(2, 3)), torch.zeros(10, 16), torch.ones(10))
-    cfg = LossConfig(aid=0.1, infonce=1.0, cond_uncond=1.0, aid_gate="none")
+    cfg = LossConfig(cbdm=1.0, aid=0.1, infonce=1.0, cond_uncond=1.0, aid_gate="none")
     full = CompositeLoss({n: (TERMS[n](cfg, space), 1.0) for n in TERMS})
     mse = CompositeLoss({"mse": (TERMS["mse"](cfg, space), 1.0)})
     g = torch.Generator().manual_seed(0)

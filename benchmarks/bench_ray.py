@@ -102,7 +102,7 @@ def ray_train_vs_bare(quick: bool) -> dict:
     steps = 40 if quick else 200
     out: dict = {}
     with tempfile.TemporaryDirectory() as d:
-        base = ["data.image_size=16", "model.preset=tiny", f"train.steps={steps}", "train.batch_size=32",
+        base = ["data.image_size=16", "model.preset=tiny", "loss.cbdm=1.0", f"train.steps={steps}", "train.batch_size=32",
                 f"train.log_every={steps // 4}", "train.ckpt_every=0", "train.warmup=0", "tracking.uri=none",
                 f"run.output_dir={d}/runs"]
 

@@ -6,7 +6,8 @@ H = W the data layer produces, and applies its own per-channel input normalisati
 side (AID loss, minority guidance) can call ``model.features(x)`` on ``x`` in [-1, 1] directly.
 
 ``model.features(x) -> [B, D]`` are the penultimate (globally pooled) features; ``model(x) -> [B, K]``
-the logits; ``model.feature_dim`` is D.
+the logits; ``model.feature_dim`` is D. With ``ModelSpec.normed_linear`` (``classifier.method=ldam_drw``)
+the last layer is :class:`NormedLinear` and the logits are cosines in [-1, 1].
 """
 from __future__ import annotations
 
@@ -34,6 +35,21 @@ class InputNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+class NormedLinear(nn.Module):
+    """Cosine last layer of LDAM (Cao et al. 2019; ``NormedLinear`` in kaidic/LDAM-DRW):
+    ``z_j = <phi / ||phi||, w_j / ||w_j||>``, no bias; the loss applies the scale s."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))  # [K, D]
+        with torch.no_grad():   # uniform directions, unit rows (the reference's uniform(-1, 1) + renorm)
+            self.weight.uniform_(-1.0, 1.0)
+            self.weight.div_(self.weight.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    def forward(self, x: Tensor) -> Tensor:  # x [B, D] -> cosines [B, K]
+        return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
 
 
 class Classifier(nn.Module):
@@ -149,6 +165,7 @@ class ModelSpec:
     in_channels: int
     image_size: int
     width: int = 16
+    normed_linear: bool = False   # cosine last layer (LDAM)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,7 +186,10 @@ ARCHS: dict[str, Builder] = {
 def build_classifier(spec: ModelSpec) -> Classifier:
     if spec.arch not in ARCHS:
         raise ValueError(f"unknown classifier arch {spec.arch!r}; choose one of {sorted(ARCHS)}")
-    return ARCHS[spec.arch](spec)
+    model = ARCHS[spec.arch](spec)
+    if spec.normed_linear:
+        model.fc = NormedLinear(model.feature_dim, spec.num_classes)
+    return model
 
 
 def num_params(model: nn.Module) -> int:

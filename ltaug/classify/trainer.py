@@ -4,7 +4,9 @@
 and under Ray Train with a Ray World. The final checkpoint holds the model, its ``ModelSpec`` and the
 feature bank (class centres and radii of the real training images), so ``load_classifier`` needs no
 training data. DiffuLT's weighted retraining (Shao et al., NeurIPS 2024): real samples weight 1,
-synthetic samples weight omega (``classifier.synthetic_weight``) in the loss.
+synthetic samples weight omega (``classifier.synthetic_weight``) in the loss. Under more than one
+worker on an accelerator the BatchNorm layers become ``SyncBatchNorm`` (statistics over the global
+batch, as one process would see it); the saved weights are plain BatchNorm ones either way.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from ..config.schema import to_dict
 from ..train import LoopSpec, StepBatches, World, fit
 from ..train import checkpoint as ckpt_io
 from .bank import FeatureBank, build_bank, extract_features
-from .losses import make_method, weighted_mean
+from .losses import METHODS, make_method
 from .resnet import Classifier, ModelSpec, build_classifier
 
 CKPT_KIND = "classifier"
@@ -37,6 +39,7 @@ class ClassifierResult:
     history: list[dict[str, float]] = field(default_factory=list)
     num_real: int = 0
     num_synthetic: int = 0
+    sync_batchnorm: bool = False  # BatchNorm statistics synchronised across workers
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -100,6 +103,20 @@ def _augment_flags(mode: str, channels: int) -> tuple[bool, bool]:
 # ------------------------------------------------------------------------------------------- train
 
 
+SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")   # device types PyTorch's SyncBatchNorm runs on (it raises on CPU)
+
+
+def with_sync_batchnorm(model: nn.Module, world: World) -> tuple[nn.Module, bool]:
+    """``(model, converted)``: BatchNorm -> ``SyncBatchNorm`` when ``world.world_size > 1`` on an accelerator.
+
+    Multi-worker CPU training (gloo) keeps per-worker statistics, because PyTorch's SyncBatchNorm
+    refuses CPU tensors. The state_dict keys are the same, so checkpoints load into the plain model.
+    """
+    if world.world_size <= 1 or torch.device(world.device).type not in SYNC_BN_DEVICES:
+        return model, False
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model), True
+
+
 def _classifier_cfg(cfg: Any) -> tuple[ClassifierConfig, int, dict[str, Any]]:
     if isinstance(cfg, ClassifierConfig):
         return cfg, 0, {"classifier": to_dict(cfg)}
@@ -149,17 +166,20 @@ def train_classifier(cfg: Any, data: Any, world: World, ckpt_dir: str | None = N
     x_all, y_all, w_all = torch.cat(xs).to(device), torch.cat(ys).to(device), torch.cat(ws).to(device)
     weighted = n_syn > 0
 
-    spec_m = ModelSpec(c.arch, K, real.channels, real.image_size, c.width)
+    spec_m = ModelSpec(c.arch, K, real.channels, real.image_size, c.width,
+                       normed_linear=METHODS[c.method].normed_linear)   # LDAM: cosine last layer
     with torch.random.fork_rng(devices=[]):   # initialisation is a function of the seed, not global state
         torch.manual_seed(seed)
         model = build_classifier(spec_m)
     model.norm.set_stats(x_real)
+    model, synced = with_sync_batchnorm(model, world)
     spec = loop_spec(c, len(y_all), seed)
     # effective class counts: synthetic samples count omega each (they carry omega of the loss)
     eff = np.bincount(y_real.numpy(), minlength=K).astype(np.float64)
     if weighted:
         eff += c.synthetic_weight * np.bincount(ys[1].numpy(), minlength=K)
-    method = make_method(c.method, eff, spec.steps, tau=c.la_tau, drw_start=c.drw_start, drw_beta=c.drw_beta)
+    method = make_method(c.method, eff, spec.steps, tau=c.la_tau, drw_start=c.drw_start, drw_beta=c.drw_beta,
+                         ldam_max_margin=c.ldam_max_margin, ldam_scale=c.ldam_scale)
     draw_w = method.sample_weights(y_all.cpu().numpy())
     batches = StepBatches(len(y_all), c.batch_size, seed, world.rank, world.world_size, weights=draw_w)
     crop, flip = _augment_flags(c.augment, real.channels)
@@ -169,11 +189,12 @@ def train_classifier(cfg: Any, data: Any, world: World, ckpt_dir: str | None = N
         xb = augment(x_all[idx], g, crop, flip)
         yb = y_all[idx]
         logits = net(xb)
-        loss = weighted_mean(method.loss(logits, yb, step), w_all[idx] if weighted else None)
+        loss = method.mean_loss(logits, yb, step, w_all[idx] if weighted else None)
         return loss, {"train_acc": float((logits.argmax(1) == yb).float().mean())}
 
     extra = {"model_spec": spec_m.to_dict(), "method": c.method, "use_ema": c.ema_decay > 0,
-             "class_names": list(real.class_names), "num_real": len(y_real), "num_synthetic": n_syn}
+             "class_names": list(real.class_names), "num_real": len(y_real), "num_synthetic": n_syn,
+             "sync_batchnorm": synced}
     res = fit(model, objective, spec, world, ckpt_dir=ckpt_dir, config=config_dict, kind=CKPT_KIND,
               extra=extra, resume=resume, every=every, progress=progress)
     net = res.ema if res.ema is not None else res.model
@@ -185,7 +206,7 @@ def train_classifier(cfg: Any, data: Any, world: World, ckpt_dir: str | None = N
         ck["extra"] = {**ck.get("extra", {}), **extra, "feature_bank": bank.state_dict()}
         ckpt_io.save(res.checkpoint, ck)
     return ClassifierResult(model=net, bank=bank, spec=spec_m, checkpoint=res.checkpoint, steps=res.step,
-                            history=res.history, num_real=len(y_real), num_synthetic=n_syn)
+                            history=res.history, num_real=len(y_real), num_synthetic=n_syn, sync_batchnorm=synced)
 
 
 # ------------------------------------------------------------------------------------------- load

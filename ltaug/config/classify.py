@@ -1,16 +1,18 @@
 """Config sections of the classifier side: classifier, filter, eval.
 
 The standard CIFAR-LT recipe (LDAM-DRW, Cao et al. 2019; used by DiffuLT): ResNet-32, SGD lr 0.1,
-momentum 0.9, weight decay 2e-4, batch 128, 200 epochs, lr x0.1 at epochs 160 and 180, 5-epoch linear
-warm-up. As overrides:
+momentum 0.9, weight decay 2e-4, batch 128, 200 epochs, 5-epoch linear warm-up, and the learning rate
+x0.01 after epoch 160 and x0.0001 after epoch 180 (kaidic/LDAM-DRW ``adjust_learning_rate``: each
+milestone multiplies by 0.01). As overrides (what configs/cifar10-lt.yaml and cifar100-lt.yaml set):
 
     --set classifier.arch=resnet32 --set classifier.epochs=200 --set classifier.batch_size=128
     --set classifier.lr=0.1 --set classifier.momentum=0.9 --set classifier.weight_decay=2e-4
-    --set classifier.milestones=[0.8,0.9] --set classifier.warmup=0.025
+    --set classifier.milestones=[0.8,0.9] --set classifier.lr_gamma=0.01 --set classifier.warmup=0.025
 
 (milestones and warm-up are fractions of training: 160/200, 180/200, 5/200). The defaults below are
-the same recipe shortened to 150 steps of 64 so that the quickstart (digits) trains in seconds; only
-the warm-up share is longer (0.1), because a 4-step warm-up at lr 0.1 leaves such a short run unstable.
+the same recipe shortened to 150 steps of 64 so that the quickstart (digits) trains in seconds; the
+warm-up share is longer (0.1), because a 4-step warm-up at lr 0.1 leaves such a short run unstable,
+and the decay is the common x0.1 per milestone.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from .schema import ConfigError, F
 
 ARCHS = ("resnet20", "resnet32", "resnet56", "resnet10", "resnet18", "resnet50")
-METHODS = ("ce", "resample", "balanced_softmax", "drw")
+METHODS = ("ce", "resample", "balanced_softmax", "logit_adjust", "drw", "ldam_drw")
 CATEGORIES = ("id", "aid", "ood")
 
 
@@ -29,7 +31,9 @@ class ClassifierConfig:
                                  "train_classifier: the baseline to compare against and to filter synthetic data with")
     arch: str = F("resnet32", choices=ARCHS, help="architecture: CIFAR ResNet-20/32/56, or torchvision-style ResNet-10/18/50")
     method: str = F("ce", choices=METHODS,
-                    help="long-tail method: ce, resample (class-balanced sampling), balanced_softmax (logit adjustment), drw")
+                    help="long-tail method: ce, resample (class-balanced sampling), balanced_softmax (Ren et al. 2020), "
+                         "logit_adjust (Menon et al. 2021), drw (deferred re-weighting), ldam_drw (LDAM margins + DRW, "
+                         "cosine last layer; Cao et al. 2019)")
     width: int = F(16, ge=4, help="CIFAR ResNet base width (16 = standard, ResNet-32 = 0.46M params)")
     steps: int = F(150, ge=0, help="optimisation steps of classifier training (ignored when epochs > 0)")
     epochs: float = F(0.0, ge=0.0, help="train for this many epochs of the real+synthetic set instead of steps "
@@ -41,14 +45,19 @@ class ClassifierConfig:
     weight_decay: float = F(2e-4, ge=0.0, help="weight decay (CIFAR-LT recipe: 2e-4)")
     milestones: tuple[float, ...] = F((0.8, 0.9), help="lr x classifier.lr_gamma at these fractions of training "
                                                        "(recipe: epochs 160, 180 of 200)")
-    lr_gamma: float = F(0.1, gt=0.0, le=1.0, help="lr multiplier at each of classifier.milestones (recipe: 0.1)")
+    lr_gamma: float = F(0.1, gt=0.0, le=1.0, help="lr multiplier at each of classifier.milestones (LDAM-DRW recipe: "
+                                                  "0.01, i.e. lr x0.01 after 160 and x0.0001 after 180 epochs)")
     grad_clip: float = F(0.0, ge=0.0, help="gradient-norm clip (0 = off; the CIFAR-LT recipe does not clip)")
     amp: bool = F(False, help="mixed precision where the device supports it (CUDA bf16/fp16)")
     warmup: float = F(0.1, ge=0.0, lt=1.0, help="linear warm-up as a fraction of training (CIFAR-LT recipe: 0.025 = 5 of 200 "
                                                  "epochs; short runs need a longer share)")
-    la_tau: float = F(1.0, ge=0.0, help="balanced_softmax: logit-adjustment tau (1 = balanced softmax)")
-    drw_start: float = F(0.8, ge=0.0, le=1.0, help="drw: re-weighting starts at this fraction of training")
-    drw_beta: float = F(0.9999, ge=0.0, lt=1.0, help="drw: effective-number beta")
+    la_tau: float = F(1.0, ge=0.0, help="logit_adjust and balanced_softmax: tau of logits + tau * log prior "
+                                        "(1 = balanced softmax; Menon et al. use 1)")
+    drw_start: float = F(0.8, ge=0.0, le=1.0, help="drw, ldam_drw: re-weighting starts at this fraction of training "
+                                                   "(LDAM-DRW: epoch 160 of 200)")
+    drw_beta: float = F(0.9999, ge=0.0, lt=1.0, help="drw, ldam_drw: effective-number beta (LDAM-DRW: 0.9999)")
+    ldam_max_margin: float = F(0.5, gt=0.0, help="ldam_drw: the largest class margin C / n_min^(1/4) (LDAM-DRW: 0.5)")
+    ldam_scale: float = F(30.0, gt=0.0, help="ldam_drw: scale s of the cosine logits in the loss (LDAM-DRW: 30)")
     ema_decay: float = F(0.0, ge=0.0, lt=1.0, help="EMA decay of the weights (0 = off)")
     augment: str = F("auto", choices=("auto", "none", "crop", "crop_flip"),
                      help="train-time augmentation: random crop (pad size/8), optional horizontal flip; auto = crop_flip for colour, crop for gray")

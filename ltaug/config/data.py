@@ -20,6 +20,13 @@ class DataConfig:
     image_size: int = F(16, ge=4, le=1024, help="side length in pixels after resizing")
     channels: int = F(0, choices=(0, 1, 3), help="0 = the source's own, 1 = gray, 3 = colour")
     test_per_class: int = F(0, ge=0, help="cap on test images per class (0 = all); test sets stay balanced")
+    val_per_class: int = F(20, ge=0, help="validation images per class, disjoint from train and test, drawn first from the "
+                                          "train-split images the long-tail profile leaves unused (20 = ImageNet-LT's "
+                                          "official val size, Liu et al. 2019); every selection uses them; 0 = no validation split")
+    val_max_holdout: float = F(0.2, ge=0.0, lt=1.0,
+                               help="when the profile leaves a class fewer than data.val_per_class unused images, hold "
+                                    "the rest out of its train images, at most this fraction of them (reported); "
+                                    "0 = never (train counts stay exactly the profile's; that class's val set is smaller)")
     digits_test_per_class: int = F(50, ge=1, le=150, help="digits only: images per class held out as the test set")
     groups: str = F("auto", choices=("auto", "thresholds", "terciles"),
                     help="many/medium/few by absolute thresholds, by terciles, or auto (terciles when thresholds leave a group empty)")

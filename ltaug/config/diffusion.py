@@ -80,16 +80,32 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
+    """Loss-term weights (``CompositeLoss``) and the terms' options. The default is plain DDPM (``mse`` only);
+    a preset states its method's terms: CBDM ``cbdm: 1.0``, DiffuLT ``cbdm`` + ``aid: 0.1``, CCUA
+    ``infonce: 1.0`` + ``cond_uncond: 1.0`` (configs/ccua.yaml)."""
+
     mse: float = F(1.0, ge=0.0, help="weight of the denoising MSE")
-    cbdm: float = F(1.0, ge=0.0, help="CBDM tau (the regulariser weight is tau * t/T); 0 = off")
+    cbdm: float = F(0.0, ge=0.0, help="CBDM tau (the regulariser weight is tau * t/T); 0 = off (plain DDPM); "
+                                      "1.0 in CBDM's README")
     cbdm_commit: float = F(0.25, ge=0.0, help="CBDM commitment weight gamma")
     cbdm_prior: str = F("empirical", choices=("empirical", "uniform"), help="CBDM y' distribution")
     aid: float = F(0.0, ge=0.0, help="DiffuLT AID-biased loss alpha (needs classifier.checkpoint); 0.1 in the paper")
     aid_gate: str = F("half", choices=("half", "alpha_bar", "none"),
                       help="AID time gating: t < T/2, weight alpha_bar_t, or none")
-    infonce: float = F(0.0, ge=0.0, help="CCUA unsupervised InfoNCE weight (x t/T)")
-    infonce_temperature: float = F(0.1, gt=0.0, help="InfoNCE temperature")
-    cond_uncond: float = F(0.0, ge=0.0, help="CCUA conditional-unconditional alignment weight (x t/T)")
+    infonce: float = F(0.0, ge=0.0, help="CCUA InfoNCE weight alpha (x t/T); 1.0 in CCUA's U-Net script")
+    infonce_temperature: float = F(0.1, gt=0.0, help="InfoNCE temperature tau (CCUA: 0.1)")
+    infonce_mode: str = F("batch", choices=("batch", "queue", "supervised"),
+                          help="InfoNCE negatives: batch = the other samples of the global batch (CCUA's UCL), "
+                               "queue = a FIFO queue of past keys (detached), supervised = same-label positive, "
+                               "other-label negatives")
+    infonce_queue: int = F(1024, ge=1, help="negative queue size K (infonce_mode=queue; CCUA clr.py: 1024 for "
+                                            "CIFAR10-LT); must be >= train.batch_size")
+    brs: bool = F(False, help="CCUA batch re-sampling: draw batches from a softer exponential class profile "
+                              "rho_b^(rank/(C-1)) (more tail samples and negatives per batch); CCUA uses it on "
+                              "ImageNet-LT / TinyImageNet-LT, not CIFAR-LT")
+    brs_factor: float = F(0.1, gt=0.0, le=1.0, help="rho_b, the re-sampled profile's n_min/n_max (CCUA: 0.1)")
+    cond_uncond: float = F(0.0, ge=0.0, help="CCUA conditional-unconditional alignment weight gamma (x t/T); "
+                                             "1.0 in CCUA's U-Net script")
     label_drop: float = F(0.1, ge=0.0, le=1.0, help="classifier-free label drop probability (whole batch)")
 
 

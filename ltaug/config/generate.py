@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .classify import METHODS as CLASSIFIER_METHODS
 from .schema import ConfigError, F
 
 
@@ -48,15 +49,15 @@ class TuneConfig:
 class PipelineConfig:
     classical: tuple[str, ...] = F(("resample", "balanced_softmax"),
                                    help="classical long-tail baselines trained on the real data only (classifier.method names)")
-    baseline_method: str = F("ce", choices=("ce", "resample", "balanced_softmax", "drw"),
+    baseline_method: str = F("ce", choices=CLASSIFIER_METHODS,
                              help="method of the baseline classifier (its features also drive AID, the filter and the metrics)")
-    augmented_method: str = F("ce", choices=("ce", "resample", "balanced_softmax", "drw"),
+    augmented_method: str = F("ce", choices=CLASSIFIER_METHODS,
                               help="method of the downstream classifier trained on real + synthetic (DiffuLT: ce)")
     diffusion_steps: int = F(0, ge=0, help="diffusion training steps in the pipeline (0 = train.steps)")
     shards: str = F("", help="existing shards (local or s3://): skip generation")
 
     def validate(self, prefix: str) -> None:
-        allowed = ("ce", "resample", "balanced_softmax", "drw")
+        allowed = CLASSIFIER_METHODS
         bad = [m for m in self.classical if m not in allowed]
         if bad:
             raise ConfigError(f"{prefix}.classical: {bad[0]!r} is not allowed; choose from {list(allowed)}")

@@ -6,10 +6,13 @@ Layout of ``<root>/<source>-<digest>/`` (``root``: a local path or an ``s3://`` 
     train_images.npy    uint8 [N,H,W,C]   the long-tailed train set, resized to data.image_size
     train_labels.npy    int64 [N]         class ids in 0..num_classes-1
     train_indices.npy   int64 [N]         row ids in the source's train split
+    val_images.npy, val_labels.npy, val_indices.npy       the same for the validation split (its
+                        indices are rows of the source's *train* split, disjoint from train_indices)
     test_images.npy, test_labels.npy, test_indices.npy    the same for the balanced test set
     meta.json           written last, the commit marker: format, digest, source, num_classes,
                         class_names, image_size, channels, groups, per split {count, class_counts,
-                        skipped, source}, the data config, build_id
+                        skipped, source}, val_held_out (per class: validation images taken out of
+                        the profile's train images), the data config, build_id
 
 Row i of a split's three arrays is one image, so a split can be read in row ranges or streamed
 (e.g. ``ray.data.read_numpy`` over the three files). Each array is written atomically and
@@ -41,14 +44,15 @@ from .dataset import LTDataset, load_dataset
 from .sources.common import DataError
 from .types import ImageSet
 
-FORMAT_VERSION = 1             # bump when the layout or meta.json changes; old artifacts get new names
+FORMAT_VERSION = 2             # bump when the layout or meta.json changes; old artifacts get new names
+                               # (2: + the validation split, val_* arrays and val_held_out)
 DIGEST_LENGTH = 12             # hex characters of sha256 in the directory name
 DIGEST_EXCLUDE = ("cache_dir",)  # data keys that say where artifacts live, not what they hold
 META = "meta.json"
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 ARRAYS = {"images": np.uint8, "labels": np.int64, "indices": np.int64}
 META_KEYS = ("format", "digest", "source", "num_classes", "class_names", "image_size", "channels",
-             "groups", "splits", "data")
+             "groups", "splits", "val_held_out", "data")
 CACHE_SUBDIR = "datasets"      # under $LTAUG_CACHE: local copies of s3:// artifacts
 
 
@@ -81,7 +85,7 @@ def build_artifact(dcfg: DataConfig, root: str) -> str:
     if _committed(uri, digest):  # another builder finished while this one decoded
         return uri
     for split in SPLITS:
-        s = getattr(data, split)
+        s = _split(data, split)
         rows = {"images": s.images, "labels": s.labels,
                 "indices": s.indices if s.indices is not None else np.arange(len(s))}
         for name, dtype in ARRAYS.items():
@@ -107,7 +111,8 @@ def open_artifact(uri: str) -> LTDataset:
         local = _local_copy(uri, raw)
         _check_arrays(local, meta)
     sets = {split: _open_split(local, meta, split) for split in SPLITS}
-    return LTDataset(train=sets["train"], test=sets["test"], groups={k: list(v) for k, v in meta["groups"].items()})
+    return LTDataset(train=sets["train"], test=sets["test"], groups={k: list(v) for k, v in meta["groups"].items()},
+                     val=sets["val"], val_held_out=tuple(int(h) for h in meta["val_held_out"]))
 
 
 def load_data(dcfg: DataConfig, root: str) -> tuple[LTDataset, str]:
@@ -118,14 +123,19 @@ def load_data(dcfg: DataConfig, root: str) -> tuple[LTDataset, str]:
 
 # --- writing -------------------------------------------------------------------------------------
 
+def _split(data: LTDataset, split: str) -> ImageSet:
+    return data.validation if split == "val" else getattr(data, split)
+
+
 def _meta(dcfg: DataConfig, data: LTDataset, digest: str) -> dict[str, Any]:
     public = {f.name: getattr(dcfg, f.name) for f in fields(dcfg) if not f.metadata.get("secret")}
     splits = {split: {"count": len(s), "class_counts": list(s.counts.counts), "skipped": int(s.skipped),
                       "source": s.source}
-              for split, s in (("train", data.train), ("test", data.test))}
+              for split, s in ((split, _split(data, split)) for split in SPLITS)}
     return {"format": FORMAT_VERSION, "digest": digest, "source": dcfg.source, "num_classes": data.num_classes,
             "class_names": list(data.train.class_names), "image_size": data.train.image_size,
-            "channels": data.train.channels, "groups": data.groups, "splits": splits, "data": public,
+            "channels": data.train.channels, "groups": data.groups, "splits": splits,
+            "val_held_out": list(data.val_held_out) or [0] * data.num_classes, "data": public,
             "build_id": uuid.uuid4().hex}
 
 
@@ -168,13 +178,16 @@ def _parse_meta(meta_uri: str, raw: bytes) -> dict[str, Any]:
         raise ArtifactError(f"{meta_uri}: not valid JSON ({e})") from None
     if not isinstance(meta, dict):
         raise ArtifactError(f"{meta_uri}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT_VERSION:
+        raise ArtifactError(f"{meta_uri}: format {meta.get('format')!r}, this ltaug reads format {FORMAT_VERSION}")
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise ArtifactError(f"{meta_uri}: missing key(s) {missing}")
     if not isinstance(meta["groups"], dict) or not isinstance(meta["splits"], dict):
         raise ArtifactError(f"{meta_uri}: groups and splits must be JSON objects")
-    if meta["format"] != FORMAT_VERSION:
-        raise ArtifactError(f"{meta_uri}: format {meta['format']!r}, this ltaug reads format {FORMAT_VERSION}")
+    held = meta["val_held_out"]
+    if not isinstance(held, list) or not all(isinstance(h, int) and h >= 0 for h in held):
+        raise ArtifactError(f"{meta_uri}: val_held_out must be a list of per-class counts >= 0")
     for split in SPLITS:
         s = meta["splits"].get(split)
         if not isinstance(s, dict) or not all(k in s for k in ("count", "class_counts", "skipped", "source")):

@@ -1,4 +1,13 @@
-"""``load_dataset(cfg.data)``: the long-tailed train set and the balanced test set, as configured."""
+"""``load_dataset(cfg.data)``: the long-tailed train set, the validation split and the balanced test set.
+
+The validation split (``data.val_per_class`` images per class) comes from the source's train split,
+disjoint from the train set by construction and from the test set because the test set is another
+split. It is drawn first from the images the long-tail profile leaves unused, so the train set keeps
+exactly the profile's images (the CIFAR-LT counts); only where a class has too few unused images
+(the head class of CIFAR-LT, every class of an unprofiled source) is the rest held out of train, at
+most ``data.val_max_holdout`` of the class. ``LTDataset.val_held_out`` counts those per class, and
+every summary reports it (:func:`val_report`): it is never silent.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,16 +16,21 @@ import numpy as np
 
 from ..config import DataConfig
 from .counts import ClassCounts
-from .longtail import profile_counts, select_indices
+from .longtail import profile_counts, select_indices, select_train_val
 from .sources import SOURCES
 from .types import ImageSet
 
 
+VAL_NOTE_CLASSES = 10   # classes listed by name in the log line about held-out validation images
+
+
 @dataclass(frozen=True)
 class LTDataset:
-    train: ImageSet           # long-tailed, per the profile
+    train: ImageSet           # long-tailed, per the profile (less val_held_out)
     test: ImageSet            # balanced
     groups: dict[str, list[int]]
+    val: ImageSet | None = None          # validation split; every selection uses it, never test
+    val_held_out: tuple[int, ...] = ()   # per class: validation images taken out of the profile's train images
 
     @property
     def num_classes(self) -> int:
@@ -26,25 +40,74 @@ class LTDataset:
     def counts(self) -> ClassCounts:
         return self.train.counts
 
+    @property
+    def validation(self) -> ImageSet:
+        """The validation split; empty (zero rows) when ``data.val_per_class`` is 0."""
+        if self.val is not None:
+            return self.val
+        t = self.train
+        return ImageSet(t.images[:0], t.labels[:0], t.num_classes, t.class_names, t.source, 0,
+                        np.zeros(0, np.int64))
 
-def make_long_tailed(full: ImageSet, cfg: DataConfig) -> ImageSet:
-    """Apply the configured profile to a (roughly) balanced train set."""
+
+def val_report(data: LTDataset) -> dict[str, object]:
+    """``val_counts`` (per class) and ``val_held_out`` (per class, taken out of train) for summaries."""
+    K = data.num_classes
+    return {"val_counts": list(data.validation.counts.counts),
+            "val_held_out": list(data.val_held_out) if data.val_held_out else [0] * K}
+
+
+def val_note(data: LTDataset) -> str:
+    """One line for logs: the validation split and what it took out of train."""
+    counts = data.validation.counts.counts
+    held = {c: h for c, h in enumerate(data.val_held_out) if h}
+    text = f"validation: {sum(counts)} images ({min(counts) if counts else 0}-{max(counts) if counts else 0} per class)"
+    if not sum(counts):
+        return text + (": no validation split (data.val_per_class=0, or the profile leaves no unused images "
+                       "and data.val_max_holdout=0); val_acc_* are null")
+    if held:
+        shown = ", ".join(f"{c}: {h}" for c, h in list(held.items())[:VAL_NOTE_CLASSES])
+        more = f", ... ({len(held)} classes)" if len(held) > VAL_NOTE_CLASSES else ""
+        text += (f"; {sum(held.values())} of them held out of train (class: images) {{{shown}{more}}} because "
+                 f"the profile leaves those classes too few unused images")
+    else:
+        text += ", all from images the long-tail profile leaves unused (train counts exactly the profile's)"
+    return text
+
+
+def split_long_tailed(full: ImageSet, cfg: DataConfig) -> tuple[ImageSet, ImageSet, tuple[int, ...]]:
+    """(train, val, held_out per class): the configured profile and validation split of a train split."""
     counts = full.counts.counts
     empty = [c for c, n in enumerate(counts) if n == 0]
     if empty:
         raise ValueError(f"{full.source}: class(es) {empty} have no training images")
-    if cfg.imbalance_ratio == 1.0 and not cfg.max_per_class:
-        return full
-    # n_max defaults to the smallest class, so the profile is feasible on unevenly sized sources
-    # (equal to the CIFAR-LT protocol's 5000 / 500 on balanced CIFAR).
-    n_max = cfg.max_per_class or min(counts)
-    target = profile_counts(cfg.profile, n_max, full.num_classes, cfg.imbalance_ratio, cfg.step_fraction)
-    short = [(c, t, n) for c, (t, n) in enumerate(zip(target, counts)) if t > n]
-    if short:
-        c, t, n = short[0]
-        raise ValueError(f"{full.source}: class {c} has {n} training images but the profile needs {t}; "
-                         f"lower data.max_per_class or data.imbalance_ratio")
-    return full.subset(select_indices(full.labels, target, cfg.selection_seed))
+    keep_all = cfg.imbalance_ratio == 1.0 and not cfg.max_per_class
+    if keep_all:
+        target = list(counts)          # keep all: no unused images, the validation split is held out
+    else:
+        # n_max defaults to the smallest class, so the profile is feasible on unevenly sized sources
+        # (equal to the CIFAR-LT protocol's 5000 / 500 on balanced CIFAR).
+        n_max = cfg.max_per_class or min(counts)
+        target = profile_counts(cfg.profile, n_max, full.num_classes, cfg.imbalance_ratio, cfg.step_fraction)
+        short = [(c, t, n) for c, (t, n) in enumerate(zip(target, counts)) if t > n]
+        if short:
+            c, t, n = short[0]
+            raise ValueError(f"{full.source}: class {c} has {n} training images but the profile needs {t}; "
+                             f"lower data.max_per_class or data.imbalance_ratio")
+    if not cfg.val_per_class:
+        if keep_all:
+            return full, full.subset(np.zeros(0, np.int64)), (0,) * full.num_classes
+        return (full.subset(select_indices(full.labels, target, cfg.selection_seed)),
+                full.subset(np.zeros(0, np.int64)), (0,) * full.num_classes)
+    tr, va, held = select_train_val(full.labels, target, cfg.val_per_class, cfg.val_max_holdout, cfg.selection_seed)
+    if keep_all:
+        tr = np.sort(tr)               # an unprofiled source keeps its own order
+    return full.subset(tr), full.subset(va), tuple(held)
+
+
+def make_long_tailed(full: ImageSet, cfg: DataConfig) -> ImageSet:
+    """The train set of :func:`split_long_tailed` (the configured profile, less the held-out validation images)."""
+    return split_long_tailed(full, cfg)[0]
 
 
 def balanced_test(test: ImageSet, cfg: DataConfig) -> ImageSet:
@@ -56,12 +119,13 @@ def balanced_test(test: ImageSet, cfg: DataConfig) -> ImageSet:
 
 
 def load_dataset(cfg: DataConfig) -> LTDataset:
-    """Read the configured source; return the long-tailed train set, the balanced test set, the groups."""
+    """Read the configured source; return the long-tailed train set, the validation split, the balanced
+    test set and the groups (from the train counts)."""
     source = SOURCES[cfg.source]
     full_train = source(cfg, "train")
     test = balanced_test(source(cfg, "test"), cfg)
     if test.num_classes != full_train.num_classes:
         raise ValueError(f"{cfg.source}: train has {full_train.num_classes} classes, test {test.num_classes}")
-    train = make_long_tailed(full_train, cfg)
+    train, val, held = split_long_tailed(full_train, cfg)
     groups = train.counts.groups(cfg.groups, cfg.many_threshold, cfg.few_threshold)
-    return LTDataset(train=train, test=test, groups=groups)
+    return LTDataset(train=train, test=test, groups=groups, val=val, val_held_out=held)

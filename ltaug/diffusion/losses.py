@@ -11,8 +11,14 @@ Terms and sources (maths in algorithms.md):
 - ``mse``: denoising loss (DDPM, Ho et al. 2020).
 - ``cbdm``: class-balancing regulariser (CBDM, Qin et al. CVPR 2023, §1.1).
 - ``aid``: AID-biased loss (DiffuLT, Shao et al. NeurIPS 2024, §2.3, reconstructed: see AIDLoss).
-- ``infonce``: unsupervised InfoNCE on unconditional bottleneck features (CCUA, arXiv 2507.09052, §3.1).
+- ``infonce``: InfoNCE on bottleneck features (CCUA, arXiv 2507.09052, §3.1): the unsupervised loss with
+  the batch's negatives gathered across workers (as shipped), a negative queue, or the supervised variant.
 - ``cond_uncond``: conditional-unconditional alignment MSE (CCUA §3.2).
+
+Distributed training: a term that needs the whole global batch (InfoNCE's negatives) calls
+``ctx.gather`` (``World.all_gather``: every rank's rows, differentiable), so N workers x B/N samples give
+the loss of 1 worker x B samples. CCUA's own code computes the InfoNCE per GPU (``nn.DataParallel`` in
+CCUA-DDPM, DDP without a gather in CCUA-SiT), i.e. with B/N - 1 negatives per sample.
 """
 from __future__ import annotations
 
@@ -28,7 +34,11 @@ from .schedule import NoiseSchedule
 PASSES = ("cond", "uncond", "prior")
 LABEL_DROP_P = 0.1         # classifier-free whole-batch label drop (CBDM, CCUA)
 CBDM_COMMIT = 0.25         # CBDM commitment weight gamma (VQ-VAE style), §1.1
-INFONCE_TEMPERATURE = 0.1  # CCUA (info-nce-pytorch default), §3.1
+INFONCE_TEMPERATURE = 0.1  # CCUA (info-nce-pytorch default, used by CCUA-DDPM clr.py::uncond_info_nce), §3.1
+INFONCE_MODES = ("batch", "queue", "supervised")
+# CCUA-DDPM clr.py::CLRQueueLoss (commented out upstream): "K=1024, T=0.1 for CIFAR10LT" (its signature's
+# defaults, K=65536 and T=0.07, are MoCo's ImageNet values). Our temperature is shared with the batch mode.
+INFONCE_QUEUE_SIZE = 1024
 AID_ALPHA = 0.1            # DiffuLT Table 10 default, §2.3
 
 
@@ -62,14 +72,20 @@ class Pred:
 # ------------------------------------------------------------------------------------------------
 class LossContext:
     """The state of one micro-batch: ``x0, y, t, noise, x_t``, the label drop flag, prior labels, and
-    memoised predictions. ``forwards`` counts model calls (tests check that no pass runs twice)."""
+    memoised predictions. ``forwards`` counts model calls (tests check that no pass runs twice).
+    ``gather`` joins this rank's rows with every other rank's (``World.all_gather``); ``generator`` feeds
+    the draws a term makes itself."""
 
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, x0: Tensor, y: Tensor, t: Tensor,
                  noise: Tensor, *, num_classes: int, dropped: bool = False, prior_y: Tensor | None = None,
-                 passes: tuple[str, ...] = ("cond",), features: bool = False) -> None:
+                 passes: tuple[str, ...] = ("cond",), features: bool = False,
+                 gather: Callable[[Tensor], Tensor] | None = None, generator: torch.Generator | None = None) -> None:
         self.model, self.schedule = model, schedule
         self.x0, self.y, self.t, self.noise = x0, y, t, noise
         self.num_classes, self.dropped, self.prior_y = num_classes, dropped, prior_y
+        # every rank's rows of a per-sample tensor, differentiable (``World.all_gather``); identity on one process
+        self.gather: Callable[[Tensor], Tensor] = gather if gather is not None else (lambda v: v)
+        self.generator = generator  # draws made inside a term (the supervised InfoNCE's keys)
         self.x_t = schedule.q_sample(x0, t, noise)
         self.w_t = schedule.time_weight(t, like=x0)  # t/T [B]
         self._want = tuple(p for p in PASSES if p in passes)
@@ -188,19 +204,85 @@ class AIDLoss:
 
 
 class InfoNCELoss:
-    """CCUA unsupervised InfoNCE (§3.1) on the unconditional pass's bottleneck features: ``z = normalize(
-    flatten(h_mid))``, each sample its own positive, the rest of the batch the negatives:
-    ``l_i = logsumexp_j(z_i.z_j / tau) - 1/tau``, weighted by ``t/T``. Gradients flow through both sides."""
+    """CCUA InfoNCE (§3.1) on the bottleneck features ``h_mid`` of one pass, ``z = normalize(flatten(h_mid))``,
+    weighted by ``w_t = t/T`` (CCUA's ``adaptive_weight(t, tau=1) = (t/T)^1``). Three modes of CCUA-DDPM's
+    ``clr.py``; the negatives come from the *global* batch (``ctx.gather``), so the value does not depend on
+    how the batch is split across workers:
 
-    name, passes, needs_features = "infonce", ("uncond",), True
+    - ``batch`` (UCL, the loss CCUA trains with, ``uncond_info_nce(h_unc, h_unc)``): unconditional pass,
+      query = positive key = the sample itself, negatives = every other sample, gradients through query and
+      keys: ``l_i = logsumexp_j(z_i.z_j / tau) - z_i.z_i / tau`` over the N gathered samples j (self included
+      once, as the positive). Also applied on label-dropped batches (the code does).
+    - ``queue`` (``CLRQueueLoss``, commented out upstream): unconditional pass, positive = itself, negatives =
+      a FIFO queue ``Q [K,D]`` of past batches' normalised keys, **detached** (no gradient), initialised with
+      random unit vectors; the global batch's keys are enqueued after the loss (MoCo's ``concat_all_gather``,
+      commented out upstream, is what makes it split-invariant here). ``l_i = 2 tau [logsumexp(z_i.z_i/tau,
+      z_i.Q^T/tau) - z_i.z_i/tau]`` (the code's ``CrossEntropy * 2T``). The queue is state of this term: it is
+      not in the checkpoint, so a resumed run starts it again from random unit vectors.
+    - ``supervised`` (``cond_info_nce(f, y)``, unused upstream): conditional pass (upstream never calls it;
+      its main forward returns the conditional ``latent`` unused), positive = one uniform draw among the
+      global batch's samples of the same label (itself included), negatives = N draws with replacement among
+      the samples of other labels; with no sample of another label the negatives are zero vectors, logit 0
+      (as the code's zero-initialised keys). Draws come from ``ctx.generator``: split-invariant in
+      distribution, not draw for draw.
+    """
 
-    def __init__(self, temperature: float = INFONCE_TEMPERATURE) -> None:
-        self.temperature = temperature
+    name, needs_features = "infonce", True
+
+    def __init__(self, temperature: float = INFONCE_TEMPERATURE, mode: str = "batch",
+                 queue_size: int = INFONCE_QUEUE_SIZE, seed: int = 0) -> None:
+        if mode not in INFONCE_MODES:
+            raise ValueError(f"loss.infonce_mode: unknown {mode!r}; choose one of {list(INFONCE_MODES)}")
+        self.temperature, self.mode, self.K, self.seed = temperature, mode, queue_size, seed
+        self.passes = ("cond",) if mode == "supervised" else ("uncond",)
+        self.queue: Tensor | None = None  # [K, D] unit rows (mode == "queue")
+        self.ptr = 0
 
     def __call__(self, ctx: LossContext) -> Tensor:
-        z = Fn.normalize(ctx.pred("uncond").features.flatten(1), dim=1)
-        logits = z @ z.t() / self.temperature
-        return ctx.w_t * (torch.logsumexp(logits, dim=1) - logits.diagonal())
+        z = Fn.normalize(ctx.pred(self.passes[0]).features.flatten(1), dim=1)  # [B, D]
+        tau = self.temperature
+        if self.mode == "batch":
+            logits = z @ ctx.gather(z).t() / tau                                 # [B, N]
+            loss = torch.logsumexp(logits, dim=1) - (z * z).sum(1) / tau
+        elif self.mode == "queue":
+            loss = self._queue_loss(z, ctx)
+        else:
+            loss = self._supervised(z, ctx)
+        return ctx.w_t * loss
+
+    def _queue_loss(self, z: Tensor, ctx: LossContext) -> Tensor:
+        tau = self.temperature
+        if self.queue is None:
+            g = torch.Generator().manual_seed(self.seed)
+            self.queue = Fn.normalize(torch.randn(self.K, z.shape[1], generator=g), dim=1).to(z.device)
+        pos = (z * z).sum(1, keepdim=True) / tau                                 # [B, 1]
+        Q = self.queue.detach().clone().to(z.dtype)   # a copy: backward needs Q after the in-place enqueue (MoCo)
+        neg = z @ Q.t() / tau                                                    # [B, K], no gradient into Q
+        loss = 2 * tau * (torch.logsumexp(torch.cat([pos, neg], 1), dim=1) - pos[:, 0])
+        with torch.no_grad():
+            keys = ctx.gather(z.detach()).to(self.queue.dtype)                   # [N, D]
+            if keys.shape[0] > self.K:
+                raise ValueError(f"loss.infonce_queue={self.K} is smaller than the global batch ({keys.shape[0]})")
+            rows = (self.ptr + torch.arange(keys.shape[0], device=keys.device)) % self.K
+            self.queue[rows.to(self.queue.device)] = keys.to(self.queue.device)
+            self.ptr = (self.ptr + keys.shape[0]) % self.K
+        return loss
+
+    def _supervised(self, z: Tensor, ctx: LossContext) -> Tensor:
+        tau = self.temperature
+        zk, yk = ctx.gather(z), ctx.gather(ctx.y)                                # [N, D], [N]
+        N = zk.shape[0]
+        same = (ctx.y[:, None] == yk[None, :])                                   # [B, N]
+        has_neg = (~same).any(1)                                                 # [B]
+        gdev = ctx.generator.device if ctx.generator is not None else torch.device("cpu")
+        w_pos = same.to(gdev, torch.float64)
+        w_neg = torch.where(has_neg[:, None], ~same, torch.ones_like(same)).to(gdev, torch.float64)
+        pos_idx = torch.multinomial(w_pos, 1, generator=ctx.generator).to(z.device)            # [B, 1]
+        neg_idx = torch.multinomial(w_neg, N, replacement=True, generator=ctx.generator).to(z.device)  # [B, N]
+        sim = z @ zk.t() / tau                                                   # [B, N]
+        pos = sim.gather(1, pos_idx)
+        neg = sim.gather(1, neg_idx) * has_neg[:, None].to(sim.dtype)            # zero keys -> logit 0
+        return torch.logsumexp(torch.cat([pos, neg], 1), dim=1) - pos[:, 0]
 
 
 class CondUncondLoss:
@@ -222,7 +304,8 @@ TERMS: dict[str, Callable[..., LossTerm]] = {
     "mse": lambda cfg, space=None: MSELoss(),
     "cbdm": lambda cfg, space=None: CBDMLoss(commit=cfg.cbdm_commit),
     "aid": lambda cfg, space=None: AIDLoss(_need_space(space), gate=cfg.aid_gate),
-    "infonce": lambda cfg, space=None: InfoNCELoss(temperature=cfg.infonce_temperature),
+    "infonce": lambda cfg, space=None: InfoNCELoss(temperature=cfg.infonce_temperature, mode=cfg.infonce_mode,
+                                                   queue_size=cfg.infonce_queue),
     "cond_uncond": lambda cfg, space=None: CondUncondLoss(),
 }
 

@@ -17,6 +17,7 @@ from ..train import LoopSpec, StepBatches, TrainResult, fit
 from ..train import checkpoint as ckpt_io
 from .guidance import guidances_from_config
 from .losses import CompositeLoss, FeatureSpace, LossContext
+from .resample import BatchResampler, ResampledBatches
 from .sample import sample, sample_seeds
 from .schedule import NoiseSchedule
 from .unet import UNet, UNetSpec, spec_from_config
@@ -33,9 +34,11 @@ class DiffusionObjective:
     """
 
     def __init__(self, schedule: NoiseSchedule, loss: CompositeLoss, x0: Tensor, y: Tensor,
-                 batches: StepBatches, num_classes: int, *, label_drop: float = 0.1,
-                 prior: np.ndarray | Tensor | None = None) -> None:
+                 batches: StepBatches | ResampledBatches, num_classes: int, *, label_drop: float = 0.1,
+                 prior: np.ndarray | Tensor | None = None,
+                 gather: Callable[[Tensor], Tensor] | None = None) -> None:
         self.schedule, self.loss = schedule, loss
+        self.gather = gather  # World.all_gather: the global batch for InfoNCE negatives (identity when None)
         self.x0, self.y, self.batches = x0, y, batches
         self.num_classes, self.label_drop = num_classes, label_drop
         p = torch.as_tensor(prior if prior is not None else np.full(num_classes, 1.0 / num_classes), dtype=torch.float64)
@@ -58,7 +61,7 @@ class DiffusionObjective:
         d = self.draw(step, g, device)
         ctx = LossContext(model, self.schedule, d["x0"], d["y"], d["t"], d["noise"], num_classes=self.num_classes,
                           dropped=d["dropped"], prior_y=d["prior_y"], passes=self.loss.passes,
-                          features=self.loss.needs_features)
+                          features=self.loss.needs_features, gather=self.gather, generator=g)
         self.last_ctx = ctx
         # Dropout draws from the global RNG: fork it and seed it from the step's generator, so a step is
         # a pure function of (weights, step) and resuming needs no global RNG bookkeeping.
@@ -120,9 +123,12 @@ def train_diffusion(cfg, data, world, ckpt_dir: str | None, *, feature_space: Fe
     loss = CompositeLoss.from_config(cfg.loss, feature_space)
     counts = train.counts
     prior = counts.frequencies() if cfg.loss.cbdm_prior == "empirical" else None
-    batches = StepBatches(len(train), cfg.train.batch_size, seed=cfg.seed, rank=world.rank,
-                          world_size=world.world_size)
-    objective = DiffusionObjective(schedule, loss, x0, y, batches, C, label_drop=cfg.loss.label_drop, prior=prior)
+    batches: StepBatches | ResampledBatches = StepBatches(len(train), cfg.train.batch_size, seed=cfg.seed,
+                                                          rank=world.rank, world_size=world.world_size)
+    if cfg.loss.brs:   # CCUA batch re-sampling of the global batch, before the split across ranks
+        batches = ResampledBatches(batches, BatchResampler(y, cfg.loss.brs_factor, seed=cfg.seed))
+    objective = DiffusionObjective(schedule, loss, x0, y, batches, C, label_drop=cfg.loss.label_drop, prior=prior,
+                                   gather=_world_gather(world))
     extra = {"num_classes": C, "channels": train.channels, "image_size": train.image_size,
              "counts": list(counts.counts), "spec": _spec_dict(model.spec)}
     every = []
@@ -131,6 +137,18 @@ def train_diffusion(cfg, data, world, ckpt_dir: str | None, *, feature_space: Fe
         every.append((cfg.train.sample_every, lambda st: on_grid(st.step, draw(st.eval_model))))
     return fit(model, objective, loop_spec(cfg), world, ckpt_dir=ckpt_dir, config=public_dict(cfg), kind=KIND,
                extra=extra, every=every, progress=progress, resume=resume)
+
+
+def _world_gather(world) -> Callable[[Tensor], Tensor] | None:
+    """``world.all_gather``; a World without it (an adapter) gathers nothing on one rank and fails loudly on more."""
+    fn = getattr(world, "all_gather", None)
+    if fn is not None or world.world_size == 1:
+        return fn
+
+    def missing(v: Tensor) -> Tensor:
+        raise TypeError(f"{type(world).__name__} has no all_gather: the InfoNCE negatives of "
+                        f"{world.world_size} workers cannot be gathered")
+    return missing
 
 
 def _spec_dict(spec: UNetSpec) -> dict[str, Any]:

@@ -21,6 +21,33 @@ from .. import storage
 POINTER = "ltaug_checkpoint.json"   # the Ray checkpoint: a pointer to the ltaug checkpoint file
 
 
+class _GatherCat(torch.autograd.Function):
+    """All-gather along dim 0 that keeps autograd: forward pads each rank's ``[b_r, ...]`` to the largest
+    ``b``, gathers and trims; backward all-reduces (sums) the gradient of the gathered tensor and returns this
+    rank's slice, i.e. the sum of every rank's gradient with respect to this rank's rows (works on gloo and NCCL)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: tuple[int, ...], rank: int) -> torch.Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        m = max(sizes)
+        x = x.contiguous()
+        pad = x.new_zeros((m - x.shape[0], *x.shape[1:]))
+        buf = [x.new_empty((m, *x.shape[1:])) for _ in sizes]
+        dist.all_gather(buf, torch.cat([x, pad]) if pad.shape[0] else x)
+        ctx.sizes, ctx.rank = sizes, rank
+        return torch.cat([b[:n] for b, n in zip(buf, sizes)])
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        import torch.distributed as dist
+
+        g = g.contiguous().clone()
+        dist.all_reduce(g)
+        a = sum(ctx.sizes[:ctx.rank])
+        return g[a:a + ctx.sizes[ctx.rank]], None, None
+
+
 class InjectedFailure(RuntimeError):
     """Raised by a worker on purpose (tests of failure recovery)."""
 
@@ -55,6 +82,17 @@ class RayWorld:
             torch.distributed.all_reduce(value)
             value /= self.world_size
         return value
+
+    def all_gather(self, value: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``value`` concatenated along dim 0 in rank order, with autograd (see ``World``)."""
+        import torch.distributed as dist
+
+        if self.world_size == 1 or not dist.is_initialized():
+            return value
+        n = torch.tensor([value.shape[0]], device=value.device, dtype=torch.long)
+        sizes = [torch.zeros_like(n) for _ in range(self.world_size)]
+        dist.all_gather(sizes, n)
+        return _GatherCat.apply(value, tuple(int(s) for s in sizes), dist.get_rank())
 
     def report(self, metrics: dict[str, float], step: int, checkpoint_dir: str | None = None) -> None:
         import ray.train

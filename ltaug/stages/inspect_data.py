@@ -1,10 +1,12 @@
-"""Stage: the dataset as configured — per-class train/test counts after the long-tail profile,
-many/medium/few groups, skipped records, a class histogram PNG."""
+"""Stage: the dataset as configured — per-class train/val/test counts after the long-tail profile, the
+validation split (and what it held out of train), many/medium/few groups, skipped records, a class
+histogram PNG."""
 from __future__ import annotations
 
 from typing import Any
 
 from ..config import Config
+from ..data.dataset import val_note, val_report
 from ..eval import plots
 from .data import stage_data
 from .launcher import Launcher
@@ -12,18 +14,23 @@ from .run import Run
 
 
 def inspect_data(cfg: Config, run: Run, launcher: Launcher | None = None) -> dict[str, Any]:
-    """summary: train_counts, test_counts, groups, skipped, class_names, histogram, dataset."""
+    """summary: train_counts, val_counts, val_held_out, test_counts, groups, skipped, class_names, histogram, dataset."""
     data, data_uri = stage_data(cfg)
     train, test = data.train.counts.counts, data.test.counts.counts
+    val = data.validation.counts.counts
+    held = val_report(data)["val_held_out"]
     print(f"source: {cfg.data.source}  root: {cfg.data.root or '(embedded)'}  classes: {data.num_classes}  "
           f"image: {data.train.image_size}x{data.train.image_size}x{data.train.channels}")
     print(f"profile: {cfg.data.profile}  r = {cfg.data.imbalance_ratio:g}  "
-          f"(measured {data.counts.imbalance_ratio:.1f})  train total {sum(train)}  test total {sum(test)}")
+          f"(measured {data.counts.imbalance_ratio:.1f})  train total {sum(train)}  val total {sum(val)}  "
+          f"test total {sum(test)}")
+    print(val_note(data))
     group_of = {c: g for g, cs in data.groups.items() for c in cs}
-    print(f"{'class':>6} {'name':>14} {'train':>7} {'test':>6}  group")
+    print(f"{'class':>6} {'name':>14} {'train':>7} {'val':>5} {'held':>5} {'test':>6}  group")
     names = data.train.class_names
     for c in range(data.num_classes):
-        print(f"{c:>6} {names[c] if c < len(names) else c!s:>14} {train[c]:>7} {test[c]:>6}  {group_of.get(c, '')}")
+        print(f"{c:>6} {names[c] if c < len(names) else c!s:>14} {train[c]:>7} {val[c]:>5} {held[c]:>5} {test[c]:>6}"
+              f"  {group_of.get(c, '')}")
     print("groups: " + ", ".join(f"{g} {len(v)} classes" for g, v in data.groups.items()))
     skipped = {"train": data.train.skipped, "test": data.test.skipped}
     if any(skipped.values()):
@@ -32,10 +39,12 @@ def inspect_data(cfg: Config, run: Run, launcher: Launcher | None = None) -> dic
                                 title=f"{cfg.data.source}: train images per class (r={cfg.data.imbalance_ratio:g})",
                                 groups=data.groups, log_scale=data.counts.imbalance_ratio >= 20)
     run.publish(png, "class_histogram.png", "plots")
-    run.tracker.log_metrics({"train_total": sum(train), "test_total": sum(test), "num_classes": data.num_classes,
+    run.tracker.log_metrics({"train_total": sum(train), "val_total": sum(val), "val_held_out": sum(held),
+                             "test_total": sum(test), "num_classes": data.num_classes,
                              "imbalance_ratio": data.counts.imbalance_ratio})
-    return {"train_counts": list(train), "test_counts": list(test), "groups": data.groups, "skipped": skipped,
-            "class_names": list(names), "histogram": run.path("class_histogram.png"), "dataset": data_uri}
+    return {"train_counts": list(train), "val_counts": list(val), "val_held_out": held, "test_counts": list(test),
+            "groups": data.groups, "skipped": skipped, "class_names": list(names),
+            "histogram": run.path("class_histogram.png"), "dataset": data_uri}
 
 
 __all__ = ["inspect_data"]

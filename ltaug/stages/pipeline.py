@@ -21,23 +21,26 @@ import torch
 from .. import storage
 from ..classify import load_synthetic, select_synthetic
 from ..config import Config, with_values
+from ..data.dataset import val_note, val_report
 from .data import stage_data
 from .evaluate import evaluate
 from .generate import generate
 from .launcher import Launcher
 from .report import write_report
 from .run import Run
-from .train_classifier import ACC_KEYS, train_classifier
+from .train_classifier import ACC_KEYS, VAL_ACC_KEYS, train_classifier
 from .train_diffusion import train_diffusion
 
 
 def _accuracy(report: dict[str, Any]) -> dict[str, Any]:
-    return {**{k: report[k] for k in ACC_KEYS}, "per_class": report["per_class"]}
+    """Test figures (``acc_*``, ``per_class``) beside the validation figures (``val_acc_*``) of one classifier."""
+    return {**{k: report[k] for k in ACC_KEYS}, **{k: report.get(k) for k in VAL_ACC_KEYS}, "per_class": report["per_class"]}
 
 
 def rep_str(rep: dict[str, Any]) -> str:
     f = lambda v: "  -  " if v is None else f"{100 * v:5.1f}"  # noqa: E731
-    return f"{f(rep['acc_all'])}  many {f(rep['acc_many'])}  medium {f(rep['acc_medium'])}  few {f(rep['acc_few'])}"
+    return (f"{f(rep['acc_all'])}  many {f(rep['acc_many'])}  medium {f(rep['acc_medium'])}  few {f(rep['acc_few'])}"
+            f"  (val: all {f(rep.get('val_acc_all'))}  few {f(rep.get('val_acc_few'))})")
 
 
 def _staged(parent: Run, name: str, cfg: Config, body: Callable[[Run], dict[str, Any]]) -> dict[str, Any]:
@@ -97,6 +100,7 @@ def pipeline(cfg: Config, run: Run, launcher: Launcher) -> dict[str, Any]:
     print(f"[data] {cfg.data.source}: {data.num_classes} classes, train {list(counts)} "
           f"(r={data.counts.imbalance_ratio:.1f}), test {len(data.test)} balanced; groups "
           + ", ".join(f"{g} {len(v)}" for g, v in data.groups.items()) + f"; artifact {data_uri}", flush=True)
+    print(f"[data] {val_note(data)}", flush=True)
 
     # 1. baseline classifier + feature bank (skipped when classifier.checkpoint points at one)
     if cfg.classifier.checkpoint:
@@ -155,6 +159,7 @@ def pipeline(cfg: Config, run: Run, launcher: Launcher) -> dict[str, Any]:
                         **{f"classical-{m}": r["checkpoint"] for m, r in classical.items()}},
         "shards": shards,
         "dataset": data_uri,
+        **val_report(data),
         "num_synthetic_used": len(synthetic),
         "generative": evaluation.get("generative"),
         "report": evaluation["report"],
@@ -164,8 +169,9 @@ def pipeline(cfg: Config, run: Run, launcher: Launcher) -> dict[str, Any]:
                                                         ("generate", gen), ("augmented", augmented))},
                     **{f"classical-{m}": r["seconds"] for m, r in classical.items()}},
     }
-    run.tracker.log_metrics({**{f"baseline_{k}": v for k, v in summary["baseline"].items() if k in ACC_KEYS and v is not None},
-                             **{f"augmented_{k}": v for k, v in summary["augmented"].items() if k in ACC_KEYS and v is not None}})
+    logged = (*ACC_KEYS, *VAL_ACC_KEYS)
+    run.tracker.log_metrics({**{f"baseline_{k}": v for k, v in summary["baseline"].items() if k in logged and v is not None},
+                             **{f"augmented_{k}": v for k, v in summary["augmented"].items() if k in logged and v is not None}})
     print_table(summary)
     return summary
 
@@ -173,11 +179,12 @@ def pipeline(cfg: Config, run: Run, launcher: Launcher) -> dict[str, Any]:
 def print_table(summary: dict[str, Any]) -> None:
     rows = [("baseline", summary["baseline"])] + [(m, r) for m, r in summary["classical"].items()] + \
         [("augmented", summary["augmented"])]
-    print("\n top-1 on the balanced test set (%)")
-    print(f" {'method':<18} {'all':>6} {'many':>6} {'medium':>7} {'few':>6}")
+    print("\n top-1 on the balanced test set (%), and on the validation split (val)")
+    print(f" {'method':<18} {'all':>6} {'many':>6} {'medium':>7} {'few':>6} {'val all':>8} {'val few':>8}")
     for name, r in rows:
-        f = lambda v: "   -" if v is None else f"{100 * v:6.1f}"  # noqa: E731
-        print(f" {name:<18} {f(r['acc_all'])} {f(r['acc_many'])} {f(r['acc_medium']):>7} {f(r['acc_few'])}")
+        f = lambda v: "     -" if v is None else f"{100 * v:6.1f}"  # noqa: E731
+        print(f" {name:<18} {f(r['acc_all'])} {f(r['acc_many'])} {f(r['acc_medium']):>7} {f(r['acc_few'])} "
+              f"{f(r.get('val_acc_all')):>8} {f(r.get('val_acc_few')):>8}")
     g = summary["generation"]
     print(f" generation: requested {g['requested']}, written {g['written']} (ID {g['id']}, AID {g['aid']}, "
           f"OOD {g['ood']}); synthetic used {summary['num_synthetic_used']}\n", flush=True)

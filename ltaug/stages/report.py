@@ -75,6 +75,14 @@ def _compact(gen: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in gen.items() if isinstance(v, (int, float, str)) or k == "id_aid_ood"}
 
 
+def _held(data: LTDataset) -> str:
+    held = sum(data.val_held_out)
+    if not len(data.validation):
+        return "none: the val columns are empty"
+    return (f"{held} held out of the train set, the rest from images the long-tail profile leaves unused" if held
+            else "all from images the long-tail profile leaves unused")
+
+
 def _markdown(cfg: Config, data: LTDataset, baseline, classical, augmented, gen, n_syn: int,
               generative, made: dict[str, str], run: Run) -> str:
     rows = [("baseline (" + cfg.pipeline.baseline_method + ")", baseline)] + \
@@ -82,11 +90,14 @@ def _markdown(cfg: Config, data: LTDataset, baseline, classical, augmented, gen,
     lines = [f"# ltaug pipeline report — {cfg.data.source}, r = {cfg.data.imbalance_ratio:g}", "",
              f"Train counts per class: {list(data.counts.counts)}; test set balanced ({len(data.test)} images). "
              f"Groups: " + ", ".join(f"{g} = {v}" for g, v in data.groups.items()), "",
+             f"Validation split: {sum(data.validation.counts.counts)} images ({_held(data)}); the val columns are "
+             "top-1 on it: choose settings by them, never by the test columns.", "",
              "## Top-1 on the balanced test set (%)", "",
-             "| method | all | many | medium | few |", "|---|---|---|---|---|"]
+             "| method | all | many | medium | few | val all | val many | val medium | val few |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
         rep = r
-        lines.append(f"| {name} | " + " | ".join(_pct(rep[k]) for k in ACC) + " |")
+        lines.append(f"| {name} | " + " | ".join(_pct(rep.get(k)) for k in (*ACC, *(f"val_{a}" for a in ACC))) + " |")
     man = gen.get("manifest")
     lines += ["", "## Generation", ""]
     if man:

@@ -18,6 +18,7 @@ from ..classify import IdAidOodFilter, load_classifier, load_synthetic, select_s
 from ..classify import train_classifier as fit_classifier
 from ..config import Config
 from ..data import ImageSet, LTDataset
+from ..data.dataset import val_note, val_report
 from ..eval import evaluate_classifier, evaluate_generated, make_feature_space, plots
 from ..track import Tracker
 from ..train import World, resolve_device
@@ -26,6 +27,7 @@ from .launcher import Launcher, Task
 from .run import Run
 
 ACC_KEYS = ("acc_all", "acc_many", "acc_medium", "acc_few")
+VAL_ACC_KEYS = tuple(f"val_{k}" for k in ACC_KEYS)   # the same on the validation split (selection uses these)
 GENERATIVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "fid_many", "fid_medium", "fid_few",
                    "avg_knn", "lof", "rarity")
 
@@ -35,7 +37,16 @@ def classifier_worker(task: Task, world: World, tracker: Tracker) -> dict[str, A
     res = fit_classifier(task.cfg, worker_data(task.data_uri), world, task.ckpt_dir, synthetic=task.payload,
                          progress=world.is_main)
     return {"checkpoint": res.checkpoint, "steps": res.steps, "num_real": res.num_real,
-            "num_synthetic": res.num_synthetic}
+            "num_synthetic": res.num_synthetic, "sync_batchnorm": res.sync_batchnorm}
+
+
+def accuracy_summary(model: Any, data: LTDataset, batch_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary entries, the test report): ``acc_*`` on the balanced test set, ``val_acc_*`` on the
+    validation split (None when it is empty), ``val_counts`` and ``val_held_out``."""
+    test = evaluate_classifier(model, data.test, data.groups, batch_size)
+    val = evaluate_classifier(model, data.validation, data.groups, batch_size)
+    out = {**{k: test[k] for k in ACC_KEYS}, **{f"val_{k}": val[k] for k in ACC_KEYS}, **val_report(data)}
+    return out, test
 
 
 def read_synthetic(cfg: Config, run: Run, data: LTDataset, baseline: Any, bank: Any,
@@ -68,11 +79,14 @@ def train_classifier(cfg: Config, run: Run, launcher: Launcher, *, synthetic: Im
     """Train + evaluate. ``synthetic`` (already selected) skips reading ``classifier.synthetic_uri``;
     ``extras=False`` skips the plots and generative metrics (the pipeline's report makes its own).
 
-    summary: checkpoint, acc_all/many/medium/few, per_class, confusion, groups, steps, num_real,
-    num_synthetic, world_size, dataset (+ baseline_*, synthetic_*, generative with extras).
+    summary: checkpoint, acc_all/many/medium/few (balanced test set), val_acc_all/many/medium/few (validation
+    split), val_counts, val_held_out, per_class, confusion, groups, steps, num_real, num_synthetic,
+    sync_batchnorm, world_size, dataset (+ baseline_*, synthetic_*, generative with extras).
     """
     c = cfg.classifier
     data, data_uri = stage_data(cfg)
+    if extras:          # the pipeline prints it once for all its classifiers
+        print(val_note(data), flush=True)
     device = resolve_device(cfg.resources)
     summary: dict[str, Any] = {}
     baseline = bank = None
@@ -83,10 +97,10 @@ def train_classifier(cfg: Config, run: Run, launcher: Launcher, *, synthetic: Im
     task = Task("classifier", cfg, data_uri, run.path("checkpoints"), run.dir, payload=synthetic)
     out = launcher.train(classifier_worker, task, run.tracker)
     model, _ = load_classifier(out["checkpoint"], device)
-    report = evaluate_classifier(model, data.test, data.groups, c.eval_batch_size)
-    summary.update({**out, **{k: report[k] for k in ACC_KEYS}, "per_class": report["per_class"],
+    acc, report = accuracy_summary(model, data, c.eval_batch_size)
+    summary.update({**out, **acc, "per_class": report["per_class"],
                     "confusion": report["confusion"], "groups": data.groups, "dataset": data_uri})
-    run.tracker.log_metrics({k: report[k] for k in ACC_KEYS if report[k] is not None})
+    run.tracker.log_metrics({k: acc[k] for k in (*ACC_KEYS, *VAL_ACC_KEYS) if acc[k] is not None})
     if not extras:
         return summary
     baseline_pc = None
@@ -134,4 +148,5 @@ def generative_report(cfg: Config, run: Run, data: LTDataset, synthetic: ImageSe
     return {k: rep.get(k) for k in GENERATIVE_KEYS}
 
 
-__all__ = ["train_classifier", "classifier_worker", "read_synthetic", "generative_report", "ACC_KEYS"]
+__all__ = ["train_classifier", "classifier_worker", "read_synthetic", "generative_report", "accuracy_summary",
+           "ACC_KEYS", "VAL_ACC_KEYS"]

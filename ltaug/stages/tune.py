@@ -89,6 +89,9 @@ class QuietWorld:
     def all_reduce_mean(self, value):
         return self._w.all_reduce_mean(value)
 
+    def all_gather(self, value):
+        return self._w.all_gather(value)
+
     def report(self, metrics, step, checkpoint_dir=None) -> None:
         self.last = dict(metrics)
 

@@ -22,6 +22,13 @@ class World(Protocol):
 
     def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor: ...
 
+    def all_gather(self, value: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``value [b_r, ...]`` concatenated along dim 0 in rank order, ``[sum_r b_r, ...]``
+        (``b_r`` may differ). Differentiable: the gradient reaching each rank's slice is summed over the
+        ranks and returned to its owner, so with DDP's gradient averaging a loss on gathered tensors has
+        the single-process gradient (CCUA's InfoNCE negatives across workers)."""
+        ...
+
     def report(self, metrics: dict[str, float], step: int, checkpoint_dir: str | None = None) -> None: ...
 
 
@@ -32,7 +39,8 @@ class LocalWorld:
                  on_report: Callable[[dict[str, float], int, str | None], Any] | None = None) -> None:
         self.rank = 0
         self.world_size = 1
-        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # no device policy here: callers pass ltaug.train.resolve_device(resources); the default is the CPU
+        self.device = torch.device(device) if device else torch.device("cpu")
         self._on_report = on_report
 
     @property
@@ -43,6 +51,9 @@ class LocalWorld:
         return model.to(self.device)
 
     def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    def all_gather(self, value: torch.Tensor) -> torch.Tensor:
         return value
 
     def report(self, metrics: dict[str, float], step: int, checkpoint_dir: str | None = None) -> None:

@@ -43,6 +43,10 @@ def test_job_trains_evaluates_and_mixes_filtered_synthetic_shards(tmp_path, caps
     base = _run(capsys, tmp_path, "run.name=base")
     for k in ("checkpoint", "acc_all", "acc_many", "acc_medium", "acc_few", "per_class"):
         assert k in base
+    # the validation figures beside the test figures; the split and what it held out of train, reported
+    for k in ("val_acc_all", "val_acc_many", "val_acc_medium", "val_acc_few"):
+        assert isinstance(base[k], float) and 0.0 <= base[k] <= 1.0, k
+    assert base["val_counts"] == [20] * 10 and base["val_held_out"][0] > 0 and base["sync_batchnorm"] is False
     run_dir = Path(base["run_dir"])
     assert len(base["per_class"]) == 10 and Path(base["checkpoint"]).exists()
     for name in ("confusion.json", "confusion.png", "class_histogram.png", "per_class_accuracy.png", "samples_real.png"):

@@ -72,3 +72,80 @@ def test_unknown_method_names_the_choices():
 def test_classifier_tests_run_single_threaded():
     """The root conftest pins the small CPU-bound test folders to one intra-op thread."""
     assert torch.get_num_threads() == 1
+
+
+# ------------------------------------------------------------------ published recipes, against independent values
+
+
+def _effective_number(n, beta):
+    """Cui et al. 2019 eq. (3): w_c = (1 - beta) / (1 - beta^n_c), normalised to sum K (LDAM-DRW)."""
+    w = [(1 - beta) / (1 - beta ** float(k)) for k in n]
+    return np.array(w) * len(w) / sum(w)
+
+
+def test_drw_is_the_weighted_mean_of_pytorch_and_ldam_drw():
+    """After drw_start: sum_i w_{y_i} l_i / sum_i w_{y_i}, i.e. F.cross_entropy(weight=w), not / B."""
+    m = make_method("drw", COUNTS, total_steps=10, drw_start=0.5, drw_beta=0.9999)
+    g = torch.Generator().manual_seed(1)
+    logits, y = torch.randn(8, 4, generator=g), torch.tensor([0, 0, 0, 1, 1, 2, 3, 0])
+    w = torch.tensor(_effective_number(COUNTS, 0.9999), dtype=torch.float32)
+    ref = F.cross_entropy(logits, y, weight=w)
+    assert m.mean_loss(logits, y, 5).item() == pytest.approx(ref.item(), rel=1e-6)
+    assert m.mean_loss(logits, y, 4).item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+    # with DiffuLT's per-sample omega on top: sum omega_i w_{y_i} l_i / sum w_{y_i}
+    omega = torch.tensor([1, 1, 0.3, 1, 0.3, 1, 0.3, 1.0])
+    ce = F.cross_entropy(logits, y, reduction="none")
+    assert m.mean_loss(logits, y, 5, omega).item() == pytest.approx(
+        float((omega * w[y] * ce).sum() / w[y].sum()), rel=1e-6)
+
+
+def test_logit_adjust_is_menon_et_al_eq_10():
+    """l = -log( exp(z_y + tau log pi_y) / sum_j exp(z_j + tau log pi_j) ), pi = training label frequencies."""
+    tau = 1.5
+    m = make_method("logit_adjust", COUNTS, 1, tau=tau)
+    z = np.array([[0.3, -1.2, 2.0, 0.1], [1.0, 0.0, -0.5, 0.7]])
+    y = [2, 3]
+    pi = COUNTS / COUNTS.sum()
+    ref = []
+    for zi, yi in zip(z, y):
+        a = zi + tau * np.log(pi)
+        ref.append(-(a[yi] - np.log(np.exp(a).sum())))
+    got = m.loss(torch.tensor(z), torch.tensor(y), 0).numpy()
+    assert np.allclose(got, ref, rtol=1e-10)
+    assert m.mean_loss(torch.tensor(z), torch.tensor(y), 0).item() == pytest.approx(np.mean(ref))
+
+
+def test_ldam_drw_is_cao_et_al_eq_13_with_drw():
+    """Delta_j = C / n_j^(1/4), max Delta = 0.5; l = -log( e^{s(z_y - Delta_y)} / (e^{s(z_y - Delta_y)} +
+    sum_{j != y} e^{s z_j}) ), s = 30; DRW weights (beta 0.9999) from drw_start, as a weighted mean."""
+    m = make_method("ldam_drw", COUNTS, total_steps=10, drw_start=0.8)
+    C = 0.5 * COUNTS.min() ** 0.25
+    delta = C / COUNTS ** 0.25
+    assert np.allclose(m.margins(), delta) and m.margins().max() == pytest.approx(0.5)
+    assert m.normed_linear and not make_method("drw", COUNTS, 10).normed_linear
+    g = torch.Generator().manual_seed(2)
+    z = torch.rand(6, 4, generator=g, dtype=torch.float64) * 2 - 1       # cosines
+    y = torch.tensor([0, 1, 2, 3, 3, 0])
+    ref = []
+    for zi, yi in zip(z.numpy(), y.numpy()):
+        t = np.exp(30 * (zi[yi] - delta[yi]))
+        ref.append(-np.log(t / (t + sum(np.exp(30 * zi[j]) for j in range(4) if j != yi))))
+    ref = np.array(ref)
+    assert np.allclose(m.loss(z, y, 0).numpy(), ref, rtol=1e-9)
+    assert m.mean_loss(z, y, 7).item() == pytest.approx(ref.mean(), rel=1e-9)      # before drw_start: plain mean
+    w = _effective_number(COUNTS, 0.9999)[y.numpy()]
+    assert m.mean_loss(z, y, 8).item() == pytest.approx((w * ref).sum() / w.sum(), rel=1e-9)
+
+
+def test_ldam_margin_and_scale_are_configurable():
+    m = make_method("ldam_drw", COUNTS, 10, ldam_max_margin=0.3, ldam_scale=10.0)
+    assert m.margins().max() == pytest.approx(0.3) and m.scale == 10.0
+    z, y = torch.zeros(1, 4, dtype=torch.float64), torch.tensor([3])
+    # all cosines 0: l = -log(e^{-10*0.3} / (e^{-3} + 3))
+    assert m.loss(z, y, 0).item() == pytest.approx(-np.log(np.exp(-3.0) / (np.exp(-3.0) + 3)))
+
+
+def test_config_methods_match_the_registry():
+    from ltaug.config.classify import METHODS as CONFIG_METHODS
+
+    assert set(CONFIG_METHODS) == set(METHODS)

@@ -49,3 +49,21 @@ def test_device_and_dtype_follow_the_input():
     m = build_classifier(ModelSpec("resnet20", 3, 1, 8)).double().eval()
     with torch.no_grad():
         assert m.features(torch.zeros(2, 1, 8, 8, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet10"])
+def test_normed_linear_gives_cosine_logits(arch):
+    """LDAM's last layer: z_j = cos(phi, w_j) (no bias), for CIFAR and torchvision-style backbones."""
+    from ltaug.classify.resnet import NormedLinear
+
+    torch.manual_seed(0)
+    m = build_classifier(ModelSpec(arch, 5, 3, 8, normed_linear=True)).eval()
+    assert isinstance(m.fc, NormedLinear) and not any(n.endswith("fc.bias") for n, _ in m.named_parameters())
+    x = torch.rand(3, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        phi, z = m.features(x), m(x)
+    w = m.fc.weight.detach()
+    ref = torch.stack([torch.stack([torch.dot(p, wj) / (p.norm() * wj.norm()) for wj in w]) for p in phi])
+    assert torch.allclose(z, ref, atol=1e-5) and z.abs().max() <= 1 + 1e-6
+    assert torch.allclose(w.norm(dim=1), torch.ones(5), atol=1e-5)   # initialised with unit rows
+    assert not isinstance(build_classifier(ModelSpec(arch, 5, 3, 8)).fc, NormedLinear)

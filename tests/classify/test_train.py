@@ -80,3 +80,99 @@ def test_synthetic_shards_are_mixed_in(tmp_path):
     cfg = ClassifierConfig(arch="resnet20", width=4, steps=2, batch_size=8, synthetic_max_per_class=4)
     r = train_classifier(cfg, real, LocalWorld("cpu"), synthetic=syn, progress=False)
     assert r.num_synthetic == 4 and r.num_real == len(real)
+
+
+def test_ldam_drw_recipe_schedule_matches_the_reference_code():
+    """kaidic/LDAM-DRW adjust_learning_rate (epoch e from 1): lr*e/5 for e <= 5, lr*0.01 for 160 < e <= 180,
+    lr*0.0001 for e > 180. The CIFAR presets express it as warmup 0.025, milestones [0.8, 0.9], lr_gamma 0.01."""
+    from ltaug.train.loop import lr_factor
+
+    for preset in ("cifar10-lt", "cifar100-lt"):
+        c = load_config(f"configs/{preset}.yaml").classifier
+        assert (c.warmup, c.milestones, c.lr_gamma, c.epochs, c.batch_size, c.lr) == (0.025, (0.8, 0.9), 0.01, 200, 128, 0.1)
+        assert (c.momentum, c.weight_decay) == (0.9, 2e-4)
+    c = load_config("configs/cifar10-lt.yaml").classifier
+    n = 128 * 100                                            # 100 steps per epoch
+    spec = loop_spec(c, n)
+
+    def reference(epoch0: int) -> float:                     # the reference's factor of 0-based epoch
+        e = epoch0 + 1
+        return e / 5 if e <= 5 else 1e-4 if e > 180 else 1e-2 if e > 160 else 1.0
+
+    for epoch0 in (10, 100, 159, 160, 170, 179, 180, 199):
+        step = epoch0 * 100 + 50
+        assert lr_factor(spec, step) == pytest.approx(reference(epoch0), rel=1e-9), epoch0
+    assert spec.warmup == 500   # 5 epochs, linear (per step here, per epoch in the reference)
+
+
+def test_ldam_drw_trains_with_a_cosine_head_and_reloads(tmp_path):
+    from ltaug.classify import load_classifier
+    from ltaug.classify.resnet import NormedLinear
+
+    real = _tiny_set()
+    cfg = ClassifierConfig(arch="resnet20", width=4, steps=4, batch_size=8, augment="none", method="ldam_drw",
+                           drw_start=0.5)
+    r = train_classifier(cfg, real, LocalWorld("cpu"), ckpt_dir=str(tmp_path / "ck"), progress=False)
+    assert isinstance(r.model.fc, NormedLinear) and r.spec.normed_linear
+    assert all(np.isfinite(h["loss"]) for h in r.history)
+    model, bank = load_classifier(r.checkpoint)
+    assert isinstance(model.fc, NormedLinear) and bank is not None
+    x, _ = real.tensors()
+    with torch.no_grad():
+        assert torch.allclose(model(x), r.model(x), atol=1e-5)
+
+
+class _FakeWorld:
+    """Two ranks in one process, no process group: SyncBatchNorm then falls back to plain batch norm."""
+
+    def __init__(self, world_size: int, device: str = "cpu") -> None:
+        self.rank, self.world_size, self.device = 0, world_size, torch.device(device)
+        self.wrapped = None
+
+    @property
+    def is_main(self) -> bool:
+        return True
+
+    def wrap(self, model):
+        self.wrapped = model
+        return model.to(self.device)
+
+    def all_reduce_mean(self, value):
+        return value
+
+    def all_gather(self, value):
+        return value
+
+    def report(self, metrics, step, checkpoint_dir=None) -> None:
+        pass
+
+
+def test_batchnorm_becomes_sync_batchnorm_under_several_accelerator_workers():
+    from ltaug.classify.resnet import ModelSpec, build_classifier
+    from ltaug.classify.trainer import with_sync_batchnorm
+
+    def bns(m):
+        return [type(x) for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
+
+    spec = ModelSpec("resnet20", 3, 1, 8, width=4)
+    m, done = with_sync_batchnorm(build_classifier(spec), _FakeWorld(2, "cuda"))   # the device is not touched
+    assert done and bns(m) and set(bns(m)) == {torch.nn.SyncBatchNorm}
+    plain = build_classifier(spec)
+    plain.load_state_dict(m.state_dict())                      # the same keys: checkpoints load into BatchNorm2d
+    for world in (_FakeWorld(1, "cuda"), _FakeWorld(2, "cpu")):  # one worker; CPU workers (SyncBN refuses CPU)
+        m, done = with_sync_batchnorm(build_classifier(spec), world)
+        assert not done and set(bns(m)) == {torch.nn.BatchNorm2d}
+
+
+def test_train_classifier_converts_before_wrapping(monkeypatch, tmp_path):
+    from ltaug.classify import load_classifier, trainer
+
+    monkeypatch.setattr(trainer, "SYNC_BN_DEVICES", ("cpu",))   # let the fake 2-rank CPU world count
+    world = _FakeWorld(2)
+    cfg = ClassifierConfig(arch="resnet20", width=4, steps=2, batch_size=8, augment="none")
+    r = train_classifier(cfg, _tiny_set(), world, ckpt_dir=str(tmp_path / "ck"), progress=False)
+    assert r.sync_batchnorm and any(isinstance(x, torch.nn.SyncBatchNorm) for x in world.wrapped.modules())
+    model, _ = load_classifier(r.checkpoint)
+    assert not any(isinstance(x, torch.nn.SyncBatchNorm) for x in model.modules())
+    single = train_classifier(cfg, _tiny_set(), _FakeWorld(1), progress=False)
+    assert not single.sync_batchnorm

@@ -142,3 +142,57 @@ def test_step_weights_and_sample_weights(schedule, batch):
     torch.testing.assert_close(loss(ctx, step=10)[0], 2 * per.mean())
     sw = torch.tensor([1.0, 0, 0, 0, 0, 0])
     torch.testing.assert_close(loss(ctx, 10, sw)[0], 2 * per[0] / 6)
+
+
+@pytest.mark.parametrize("mode", ["queue", "supervised"])
+def test_infonce_modes_contract(mode, schedule, batch):
+    model = micro_unet()
+    term = InfoNCELoss(0.1, mode=mode, queue_size=12)
+    ctx = ctx_for(model, schedule, batch, term.passes, features=True)
+    ctx.generator = torch.Generator().manual_seed(0)
+    per = term(ctx)
+    assert per.shape == (6,) and torch.isfinite(per).all() and (per >= 0).all() and ctx.forwards == 1
+    per.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with pytest.raises(ValueError, match="infonce_mode"):
+        InfoNCELoss(mode="moco")
+
+
+def test_queue_smaller_than_the_batch_is_an_error(schedule, batch):
+    term = InfoNCELoss(mode="queue", queue_size=4)
+    with pytest.raises(ValueError, match="infonce_queue"):
+        term(ctx_for(micro_unet(), schedule, batch, term.passes, features=True))
+
+
+def test_default_loss_is_plain_ddpm_and_every_preset_states_its_terms():
+    import yaml
+    from pathlib import Path
+
+    from ltaug.config import load_config
+
+    plain = CompositeLoss.from_config(load_config(None, []).loss)
+    assert set(plain.terms) == {"mse"} and plain.passes == ("cond",) and not plain.needs_features
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for p in sorted(root.glob("*.yaml")):
+        stated = yaml.safe_load(p.read_text()).get("loss") or {}
+        assert "mse" in stated and "cbdm" in stated, p.name            # explicit, never the defaults
+    ccua = load_config(root / "ccua.yaml").loss
+    assert (ccua.mse, ccua.cbdm, ccua.aid, ccua.infonce, ccua.cond_uncond) == (1.0, 0.0, 0.0, 1.0, 1.0)
+    assert (ccua.infonce_temperature, ccua.infonce_mode, ccua.brs) == (0.1, "batch", False)
+    assert set(CompositeLoss.from_config(ccua).terms) == {"mse", "infonce", "cond_uncond"}
+    quick = load_config(root / "quickstart.yaml").loss
+    assert (quick.mse, quick.cbdm) == (1.0, 1.0)                       # the quickstart keeps CBDM
+
+
+def test_local_world_gathers_itself_and_a_world_without_gather_fails_loudly():
+    from types import SimpleNamespace
+
+    from ltaug.diffusion.train import _world_gather
+    from ltaug.train import LocalWorld
+
+    v = torch.randn(3, 2)
+    assert LocalWorld("cpu").all_gather(v) is v
+    assert _world_gather(SimpleNamespace(world_size=1)) is None       # identity inside LossContext
+    fn = _world_gather(SimpleNamespace(world_size=2))
+    with pytest.raises(TypeError, match="all_gather"):
+        fn(v)

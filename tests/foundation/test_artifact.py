@@ -40,14 +40,14 @@ def calls(monkeypatch):
 
 def assert_same(a, b):
     """Artifact dataset ``a`` equals ``load_dataset``'s ``b`` in arrays and metadata."""
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         x, y = getattr(a, split), getattr(b, split)
         assert np.array_equal(x.images, y.images) and np.array_equal(x.labels, y.labels)
         ref_idx = y.indices if y.indices is not None else np.arange(len(y))
         assert np.array_equal(x.indices, ref_idx)
         assert (x.num_classes, x.class_names, x.source, x.skipped) == (y.num_classes, y.class_names, y.source, y.skipped)
         assert x.counts == y.counts
-    assert a.groups == b.groups
+    assert a.groups == b.groups and a.val_held_out == b.val_held_out
 
 
 def test_build_once_then_reuse_without_decoding(tmp_path, calls):
@@ -55,7 +55,7 @@ def test_build_once_then_reuse_without_decoding(tmp_path, calls):
     uri = build_artifact(d, str(tmp_path))
     assert calls["calls"] == 2 and uri == artifact_uri(d, str(tmp_path))
     assert os.path.basename(uri) == f"digits-{dataset_digest(d)}"
-    assert sorted(os.listdir(uri)) == sorted(["meta.json"] + [f"{s}_{n}.npy" for s in ("train", "test")
+    assert sorted(os.listdir(uri)) == sorted(["meta.json"] + [f"{s}_{n}.npy" for s in ("train", "val", "test")
                                                                for n in ("images", "labels", "indices")])
     assert build_artifact(d, str(tmp_path)) == uri
     ds, uri2 = load_data(d, str(tmp_path))
@@ -65,6 +65,8 @@ def test_build_once_then_reuse_without_decoding(tmp_path, calls):
     assert meta["digest"] == dataset_digest(d) and meta["num_classes"] == 10 and meta["data"]["image_size"] == 8
     assert meta["splits"]["train"]["class_counts"] == list(ds.train.counts.counts)
     assert meta["splits"]["test"]["count"] == len(ds.test) and meta["groups"] == ds.groups
+    assert meta["splits"]["val"]["class_counts"] == list(ds.val.counts.counts) == [20] * 10
+    assert meta["val_held_out"] == list(ds.val_held_out) and meta["format"] == 2
 
 
 def test_digest_follows_the_arrays_not_the_cache_location(tmp_path):

@@ -83,7 +83,8 @@ def test_inspect_data_from_s3_matches_formula(tmp_path, upload):
                          capture_output=True, text=True, cwd=ROOT, timeout=300, env=dict(os.environ))
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((Path(out.stdout.strip().splitlines()[-1]) / "summary.json").read_text())
-    assert summary["train_counts"] == [int(np.floor(40 * 0.1 ** (k / 9))) for k in range(10)]
+    profile = [int(np.floor(40 * 0.1 ** (k / 9))) for k in range(10)]
+    assert [t + h for t, h in zip(summary["train_counts"], summary["val_held_out"])] == profile
     # the secret never reaches written configs, summaries or logs
     run_dir = Path(out.stdout.strip().splitlines()[-1])
     secret = os.environ["AWS_SECRET_ACCESS_KEY"]

@@ -41,7 +41,7 @@ def test_cifar10_any_batch_length(tmp_path):
     assert s.images.shape == (300, 8, 8, 3) and s.counts.counts == (30,) * 10
     assert s.class_names[3] == "c3"
     d = load_dataset(dcfg("data.source=cifar10", f"data.root={tmp_path}/cifar-10-batches-py",
-                          "data.imbalance_ratio=10", "data.image_size=32"))
+                          "data.imbalance_ratio=10", "data.image_size=32", "data.val_per_class=0"))
     assert d.train.counts.counts == tuple(int(np.floor(30 * 0.1 ** (k / 9))) for k in range(10))
     assert d.test.counts.counts == (5,) * 10
 
@@ -135,7 +135,8 @@ def test_idx_wrong_magic_and_truncation(tmp_path):
 def test_imagefolder_colour_and_gray(tmp_path):
     write_imagefolder(tmp_path, {"cat": 6, "dog": 3, "eel": 2}, "train")
     write_imagefolder(tmp_path, {"cat": 2, "dog": 2, "eel": 2}, "val")
-    d = load_dataset(dcfg("data.source=imagefolder", f"data.root={tmp_path}", "data.image_size=8", "data.imbalance_ratio=1"))
+    d = load_dataset(dcfg("data.source=imagefolder", f"data.root={tmp_path}", "data.image_size=8", "data.imbalance_ratio=1",
+                          "data.val_per_class=0"))
     assert d.train.class_names == ("cat", "dog", "eel") and d.train.counts.counts == (6, 3, 2)
     assert d.train.images.shape == (11, 8, 8, 3) and len(d.test) == 6
     s = SOURCES["imagefolder"](dcfg("data.source=imagefolder", f"data.root={tmp_path}", "data.channels=1"), "train")
@@ -165,7 +166,8 @@ def test_truncated_jpeg_is_an_error(tmp_path):
 def test_imagenet_lt_list_files(tmp_path):
     write_list_dataset(tmp_path, {0: 5, 1: 3, 2: 1}, "ImageNet_LT_train.txt")
     write_list_dataset(tmp_path, {0: 2, 1: 2, 2: 2}, "ImageNet_LT_test.txt", seed=1)
-    d = load_dataset(dcfg("data.source=imagenet_lt", f"data.root={tmp_path}", "data.imbalance_ratio=1", "data.image_size=8"))
+    d = load_dataset(dcfg("data.source=imagenet_lt", f"data.root={tmp_path}", "data.imbalance_ratio=1", "data.image_size=8",
+                          "data.val_per_class=0"))
     assert d.train.counts.counts == (5, 3, 1) and d.test.counts.counts == (2, 2, 2)
     assert d.train.images.shape[1:] == (8, 8, 3)
 
@@ -199,7 +201,8 @@ def test_webdataset_source_and_shards(tmp_path):
     write_shard(tmp_path / "train" / "a-000000.tar", _samples(9))
     write_shard(tmp_path / "train" / "a-000001.tar", _samples(3, lambda i: 0))
     write_shard(tmp_path / "test" / "b-000000.tar", _samples(6))
-    d = load_dataset(dcfg("data.source=webdataset", f"data.root={tmp_path}", "data.imbalance_ratio=1", "data.image_size=6"))
+    d = load_dataset(dcfg("data.source=webdataset", f"data.root={tmp_path}", "data.imbalance_ratio=1", "data.image_size=6",
+                          "data.val_per_class=0"))
     assert d.train.counts.counts == (6, 3, 3) and d.test.counts.counts == (2, 2, 2)
     s, meta = read_shards(str(tmp_path / "train"), 6, with_meta=True)
     assert len(meta) == 12 and meta[0] == {"class": 0}
@@ -242,7 +245,12 @@ def test_inspect_data_job_on_cifar_dir(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = Path(out.stdout.strip().splitlines()[-1])
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["train_counts"] == [int(np.floor(40 * 0.1 ** (k / 9))) for k in range(10)]
+    profile = [int(np.floor(40 * 0.1 ** (k / 9))) for k in range(10)]
+    # validation (20 per class): from the 40 - n_c unused images first, the rest held out of train (<= 20 %)
+    held = [min(20 - min(20, 40 - n), int(0.2 * n)) for n in profile]
+    assert summary["val_held_out"] == held and held[0] == 8 and held[-1] == 0
+    assert summary["train_counts"] == [n - h for n, h in zip(profile, held)]
+    assert summary["val_counts"] == [min(20, 40 - n) + h for n, h in zip(profile, held)]
     assert summary["test_counts"] == [4] * 10
     assert set(summary["groups"]) == {"many", "medium", "few"}
     assert (run_dir / "class_histogram.png").stat().st_size > 1000

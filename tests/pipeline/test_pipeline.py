@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ACC = {"acc_all", "acc_many", "acc_medium", "acc_few", "per_class"}
+ACC = {"acc_all", "acc_many", "acc_medium", "acc_few", "per_class",
+       "val_acc_all", "val_acc_many", "val_acc_medium", "val_acc_few"}
 TINY = ["train.steps=30", "train.batch_size=16", "train.ckpt_every=0", "classifier.steps=30",
         "classifier.batch_size=32", "classifier.arch=resnet20", "sample.steps=4", "generate.target_per_class=30",
         "generate.minority_score=false", "guidance.minority.scale=0.1", "guidance.minority.every=2",
@@ -53,6 +54,7 @@ def test_pipeline_end_to_end(tmp_path, run_pipeline):
     assert set(s["classical"]) == {"resample", "balanced_softmax"}
     assert all(ACC <= set(v) for v in s["classical"].values())
     assert len(s["baseline"]["per_class"]) == 10
+    assert s["val_counts"] == [20] * 10 and s["val_held_out"][0] > 0 and s["baseline"]["val_acc_all"] is not None
     g = s["generation"]
     assert g["requested"] == 4 + 10 + 14 + 18  # digits r=10: classes 6..9 have 26, 20, 16, 12 < 30
     assert g["id"] + g["aid"] + g["ood"] == g["requested"] and g["written"] == g["id"] + g["aid"]
