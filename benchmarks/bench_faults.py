@@ -293,7 +293,9 @@ def run(quick: bool = True) -> dict:
         tried += 2
         handled += int(detected.get("truncated_shard_flagged", False))
         handled += int(_unsafe_member_refused(tmp))
+        hostile = _hostile(100)
         metrics = {"faults_injected": int(sum(faults.values())), "samples_lost": int(lost), "duplicates": int(dup),
+                   **{k: v for k, v in hostile.items() if k != "per_class"},
                    "bad_inputs_tried": tried, "bad_inputs_handled": handled, "storage_retries": int(retries), "shards_reused_after_faults": int(res["skipped_shards"]),
                    "verify_ok": int(rep.ok), "recovered_equals_reference": int(same_bytes)}
         details = {"faults": faults, "detected": detected, "planned": plan.total, "kept": rep.samples,
@@ -301,10 +303,139 @@ def run(quick: bool = True) -> dict:
                    "budget": list(plan.budget), "recovery_new_shards": res["new_shards"],
                    "recovery_skipped_shards": res["skipped_shards"], "bad_input_failures": failures,
                    "problems": rep.problems[:5], "seconds": round(time.perf_counter() - t0, 1),
-                   "num_shards": plan.num_shards, "checkpoint": ck}
+                   "num_shards": plan.num_shards, "checkpoint": ck, "hostile_per_class": hostile["per_class"]}
         return {"metrics": metrics, "details": details}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+HANG_S = 60.0  # a probe slower than this counts as a hang
+
+
+def _hostile(races: int = 100) -> dict:
+    """Issue "Hostile and careless input": the hostile corpus by class. Per class: inputs tried, clear errors
+    (a named error of the expected kind), counted skips (with data.on_bad_record=skip), silent wrong results,
+    hangs; plus secrets found in outputs and concurrent-writer races lost (local and, with moto, S3)."""
+    import importlib.util
+    import re
+    import socket
+
+    spec = importlib.util.spec_from_file_location("_hostile", ROOT / "tests" / "reliability" / "test_hostile_inputs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from ltaug import storage
+    from ltaug.config import ConfigError, config_to_yaml, flat_params, load_config, public_dict
+    from ltaug.data.shards import read_shards
+    from ltaug.data.sources import SOURCES, DataError
+
+    classes: dict[str, dict[str, int]] = {}
+
+    def probe(cls: str, fn, error: str | None, expect_error: type = Exception, skip=None) -> None:
+        c = classes.setdefault(cls, {"tried": 0, "clear_errors": 0, "counted_skips": 0, "silent_wrong": 0,
+                                     "hangs": 0, "tracebacks": 0})
+        c["tried"] += 1
+        t = time.perf_counter()
+        try:
+            ok = fn()
+            if error is not None or ok is False:
+                c["silent_wrong"] += 1
+        except expect_error as e:
+            if error is not None and re.search(error, str(e)):
+                c["clear_errors"] += 1
+            else:
+                c["tracebacks"] += 1
+        except Exception:  # noqa: BLE001 - a wrong-type error is a traceback for the user
+            c["tracebacks"] += 1
+        if skip is not None:
+            try:
+                if skip():
+                    c["counted_skips"] += 1
+            except Exception:  # noqa: BLE001
+                c["silent_wrong"] += 1
+        if time.perf_counter() - t > HANG_S:
+            c["hangs"] += 1
+
+    for source, folder, error, left in mod.READER_CASES:
+        if error is None:
+            continue
+        root = mod.CORPUS / folder
+        cls = "memory_bombs" if folder in ("folder_devzero", "folder_png_bomb", "list_huge_label", "idx_gzip_bomb") \
+            else "silent_wrong_data"
+        sk = None
+        if left is not None:
+            sk = (lambda s=source, r=root, n=left: len(SOURCES[s](mod.dcfg(f"data.source={s}", f"data.root={r}",
+                                                                            "data.on_bad_record=skip"), "train")) == n)
+        probe(cls, lambda s=source, r=root: SOURCES[s](mod.dcfg(f"data.source={s}", f"data.root={r}"), "train"),
+              error, DataError, sk)
+    for folder, error, left in mod.SHARD_CASES:
+        path = str(mod.CORPUS / folder / "train")
+        sk = (lambda p=path, n=left: len(read_shards(p, 8, on_bad="skip", with_meta=True)[0]) == n) if left is not None else None
+        cls = "memory_bombs" if folder == "shard_huge_cls" else "silent_wrong_data"
+        probe(cls, lambda p=path: read_shards(p, 8, with_meta=True), error, DataError, sk)
+    # silent-wrong probes that must *succeed* with the right values
+    probe("silent_wrong_data", lambda: len(SOURCES["cifar10"](mod.dcfg("data.source=cifar10",
+          f"data.root={mod.CORPUS / 'cifar_stray_bak'}"), "train")) == 10, None)
+    probe("silent_wrong_data", lambda: SOURCES["imagefolder"](mod.dcfg("data.source=imagefolder",
+          f"data.root={mod.CORPUS / 'folder_hidden_dir'}"), "train").num_classes == 2, None)
+    probe("silent_wrong_data", lambda: int(SOURCES["imagefolder"](mod.dcfg("data.source=imagefolder",
+          f"data.root={mod.CORPUS / 'folder_png16'}", "data.image_size=8", "data.channels=1"), "train").images.max()) < 255, None)
+    probe("silent_wrong_data", lambda: len(read_shards(str(mod.CORPUS / "shard_targz" / "train"), 8)) == 4, None)
+    probe("silent_wrong_data", lambda: SOURCES["imagefolder"](mod.dcfg("data.source=imagefolder",
+          f"data.root={mod.CORPUS / 'folder_test_names'}"), "test"), r"are not classes of", DataError)
+    probe("incomplete_outputs", lambda: read_shards(str(mod.CORPUS / "shard_unfinished"), 8),
+          r"unfinished generation output", DataError)
+    for name, error in mod.CONFIG_CASES:
+        probe("configs", lambda n=name: load_config(mod.CORPUS / "configs" / n), error, ConfigError)
+    probe("configs", lambda: load_config(None, ["tune.space={a: &a [1,1], b: [*a,*a]}"]), r"YAML alias", ConfigError)
+    # secrets: a password / token inside URIs must reach no dump
+    secret_cfg = load_config(None, [f"tracking.uri={mod.SECRET_URI}", "model.checkpoint=https://tok-Zq81x@h/m.pt"])
+    dumps = [config_to_yaml(secret_cfg), json.dumps(flat_params(secret_cfg)), json.dumps(public_dict(secret_cfg)),
+             storage.redact(f"error: {mod.SECRET_URI}/x?token=abc123")]
+    secrets_found = sum(("hunter2" in d) + ("tok-Zq81x" in d) + ("abc123" in d) for d in dumps)
+    # concurrent writers: two claims with different plans at once must have exactly one winner
+    with tempfile.TemporaryDirectory() as d:
+        lost_local = sum(mod._race(os.path.join(d, f"o{i}"), i) != 1 for i in range(races))
+    lost_s3: int | None = None
+    try:
+        import moto  # noqa: F401
+
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            port = sk.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                                "AWS_DEFAULT_REGION")}
+        try:
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+                               "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"})
+            import s3fs
+
+            s3fs.S3FileSystem.clear_instance_cache()
+            fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+            fs.mkdir("bench-races")
+            lost_s3 = sum(mod._race(f"s3://bench-races/o{i}", i) != 1 for i in range(races))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            proc.terminate()
+            proc.wait(10)
+    except ImportError:
+        pass
+    tot = {k: sum(c[k] for c in classes.values()) for k in ("tried", "clear_errors", "counted_skips", "silent_wrong",
+                                                            "hangs", "tracebacks")}
+    return {"per_class": classes, **{f"hostile_{k}": v for k, v in tot.items()}, "secrets_found": secrets_found,
+            "races_lost_local": lost_local, "races_lost_s3": lost_s3, "race_trials": races}
 
 
 def _unsafe_member_refused(tmp: str) -> bool:

@@ -24,6 +24,11 @@ resources.num_workers=0 runs in this process; >= 1 runs on Ray (starts a local R
 resources.ray_address, e.g. inside `ray job submit`).
 """
 
+# What a user can cause and fix: bad config / data / checkpoint (ValueError and its subclasses ConfigError,
+# DataError, CheckpointError, PlanConflictError), storage (OSError: StorageError, missing / unwritable files,
+# a full disk), a label or key that is not there (LookupError), a file too big to hold (MemoryError).
+USER_ERRORS = (ConfigError, storage.StorageError, ValueError, OSError, LookupError, MemoryError)
+
 Body = Callable[[Config, Run, Launcher, argparse.Namespace], dict[str, Any]]
 
 
@@ -49,7 +54,9 @@ def build_parser(job: str, description: str) -> argparse.ArgumentParser:
 
 
 def _error(e: BaseException) -> int:
-    print(f"error: {storage.redact(str(e))}", file=sys.stderr)
+    """One line on stderr naming what is wrong (the library's messages name the file, record or key)."""
+    msg = storage.describe_error(e)
+    print(f"error: {' '.join(storage.redact(msg).split())}", file=sys.stderr)
     if os.environ.get("LTAUG_TRACEBACK"):
         traceback.print_exc()
     return 2
@@ -70,26 +77,38 @@ def job_main(job: str, description: str, body: Body, argv: Sequence[str] | None 
         return 0
     try:
         cfg = load_config(args.config or None, args.overrides)
-    except ConfigError as e:
+    except (ConfigError, OSError) as e:
         return _error(e)
     if args.dry_run:
-        print(config_to_yaml(cfg), end="")
-        print(f"# run directory: {run_dir(cfg, job)}")
+        print(storage.redact(config_to_yaml(cfg)), end="")
+        print(f"# run directory: {storage.redact(run_dir(cfg, job))}")
         return 0
     try:
         launcher = make_launcher(cfg)
         run = open_run(cfg, job, parent_run_id)
-    except (storage.StorageError, ConfigError) as e:
+    except USER_ERRORS as e:
         return _error(e)
+    except Exception as e:  # noqa: BLE001 - storage client / tracking server errors
+        if storage.is_storage_client_error(e):
+            return _error(e)
+        if (type(e).__module__ or "").startswith(("mlflow", "requests", "sqlalchemy")):
+            return _error(RuntimeError(f"tracking.uri={storage.redact(cfg.tracking.uri) or '(default)'}: cannot "
+                                       f"open the MLflow run ({type(e).__name__}: {storage.redact(str(e))[:300]}); "
+                                       f"check the server, or set tracking.uri=none"))
+        raise
     status = "FAILED"
     try:
         summary = body(cfg, run, launcher, args)
         summary = {"job": job, "run_dir": run.dir, "mlflow_run_id": run.tracker.run_id, **summary}
         run.write_json("summary.json", summary)
         status = "FINISHED"
-    except (ConfigError, storage.StorageError, ValueError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
+        return _error(e)
+    except Exception as e:  # noqa: BLE001 - storage client errors (no credentials, unreachable endpoint)
+        if not storage.is_storage_client_error(e):
+            raise
         return _error(e)
     finally:
         run.tracker.close(status)
-    print(run.dir)
+    print(storage.redact(run.dir))
     return 0

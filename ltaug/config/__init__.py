@@ -42,13 +42,15 @@ class Config:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict (safe loading, repeated keys refused); errors name the file."""
-    from ..storage import open_uri
+    from ..storage import read_bytes, redact
+    from .schema import MAX_YAML_BYTES
 
     try:
-        with open_uri(str(path), "rb") as fh:
-            raw = fh.read()
+        raw = read_bytes(str(path), max_bytes=MAX_YAML_BYTES)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except OSError as e:       # a directory, a device, too big, unreachable storage
+        raise ConfigError(f"--config {path}: cannot read it ({redact(str(e))})") from None
     data = yaml_load(raw, str(path))
     if data is None:
         return {}
@@ -129,8 +131,12 @@ def config_to_yaml(cfg: Config) -> str:
 
 
 def public_dict(cfg: Config) -> dict[str, Any]:
-    """The config as a dict with secret fields removed (for logs, MLflow and written configs)."""
-    d = to_dict(cfg)
+    """The config as a dict with secret fields removed and credentials inside URIs redacted
+    (``tracking.uri=http://user:password@host`` -> ``http://user:***@host``): for logs, MLflow, written
+    configs, checkpoints and ``--dry-run``."""
+    from ..storage import redact_obj
+
+    d = redact_obj(to_dict(cfg))
     for key in secret_keys(Config):
         node = d
         *parents, last = key.split(".")

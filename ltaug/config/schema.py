@@ -22,6 +22,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 
+MAX_INT = 2 ** 63  # integer config values must fit int64 (numpy / torch), else they overflow far from the config
+
+
 class ConfigError(ValueError):
     """A bad configuration value; the message names the dotted key and what is allowed."""
 
@@ -132,9 +135,11 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
+            if isinstance(value, float) and value.is_integer() and abs(value) < MAX_INT:
                 return int(value)
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if not -MAX_INT <= value < MAX_INT:
+            raise ConfigError(f"{key}: {value} is too large (integers must fit in 64 bits)")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -238,8 +243,10 @@ def _duplicate_key(node: yaml.Node) -> str | None:
     seen_nodes: set[int] = set()
 
     def walk(n: yaml.Node, path: str) -> str | None:
-        if id(n) in seen_nodes:
-            return None
+        if id(n) in seen_nodes:     # composing makes one node per event, so a node met twice is an alias
+            return (f"YAML alias at {path or 'the top level'} (repeating the node anchored at line "
+                    f"{n.start_mark.line + 1}); anchors and "
+                    f"aliases (&name / *name) are not allowed in configs: write the value out")
         seen_nodes.add(id(n))
         if isinstance(n, yaml.MappingNode):
             lines: dict[tuple[str, str], int] = {}
@@ -266,8 +273,14 @@ def _duplicate_key(node: yaml.Node) -> str | None:
     return walk(node, "")
 
 
+MAX_YAML_BYTES = 1 << 20   # a config (or one --set value) is small text; anything bigger is refused
+
+
 def yaml_load(text: str | bytes, where: str) -> Any:
-    """Safe-load one YAML document; a repeated mapping key is a :class:`ConfigError` naming ``where`` and the key."""
+    """Safe-load one YAML document; a repeated mapping key or an alias (``*name``: alias bombs, recursive
+    aliases) is a :class:`ConfigError` naming ``where`` and the key."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {len(text)} bytes; a config may hold at most {MAX_YAML_BYTES}")
     loader = StrictLoader(text)
     try:
         node = loader.get_single_node()
@@ -279,6 +292,8 @@ def yaml_load(text: str | bytes, where: str) -> Any:
         return loader.construct_document(node)
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a config") from None
     finally:
         loader.dispose()
 

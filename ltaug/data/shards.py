@@ -6,20 +6,23 @@ the shard and key (or a counted skip with ``on_bad="skip"``).
 """
 from __future__ import annotations
 
-import json
 import logging
+import lzma
 import tarfile
+import zlib
 from typing import Any, Iterator
 
 import numpy as np
 
 from .. import storage
-from .sources.common import DataError, resize
+from .sources.common import MAX_CLASSES, MAX_MEMBER_BYTES, DataError, check_num_classes, is_hidden, resize
 from .sources.images import ImageDecodeError, decode, stack
 from .types import ImageSet
 
 log = logging.getLogger("ltaug.data")
 IMAGE_KEYS = ("png", "jpg", "jpeg")
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")   # what tarfile streams (any compression)
+PLAN_FILE, MANIFEST_FILE = "_plan.json", "manifest.json"             # of a generation output (ltaug.generate)
 
 
 class UnsafeShardError(DataError):
@@ -27,10 +30,17 @@ class UnsafeShardError(DataError):
 
 
 def list_shards(uri: str) -> list[str]:
-    """Sorted ``*.tar`` files under a directory / prefix, or ``uri`` itself when it is a tar."""
-    if uri.endswith(".tar"):
+    """Sorted shard files (``*.tar``, ``*.tar.gz`` / ``.tgz`` / ``.tar.bz2`` / ``.tar.xz``) under a directory /
+    prefix, or ``uri`` itself when it is one. A ``.tar.<other>`` that cannot be read is an error, never a
+    silent skip."""
+    if uri.endswith(SHARD_SUFFIXES):
         return [uri]
-    return storage.listdir(uri, ".tar")
+    files = [f for f in storage.listdir(uri) if not is_hidden(f)]
+    odd = [f for f in files if ".tar." in f.rsplit("/", 1)[-1] and not f.endswith(SHARD_SUFFIXES)]
+    if odd:
+        raise DataError(f"{odd[0]}: a tar with an unsupported compression ({len(odd)} such file(s) under {uri}); "
+                        f"ltaug reads {', '.join(SHARD_SUFFIXES)}: recompress or decompress them")
+    return [f for f in files if f.endswith(SHARD_SUFFIXES)]
 
 
 def _safe_name(name: str, shard: str) -> str:
@@ -70,25 +80,77 @@ def iter_samples(shard: str) -> Iterator[dict[str, Any]]:
                         raise DataError(f"{shard}: key {key!r} is not contiguous in the tar")
                     seen.add(key)
                     current = {"__key__": key, "__url__": shard}
+                if ext in current:
+                    raise DataError(f"{shard}: member {name!r} repeats key {key!r} and extension {ext!r}; a sample "
+                                    f"may hold each member once (the second would silently replace the first)")
+                if member.size > MAX_MEMBER_BYTES:
+                    raise DataError(f"{shard}: member {name!r} is {member.size} bytes, more than the "
+                                    f"{MAX_MEMBER_BYTES}-byte limit (LTAUG_MAX_MEMBER_BYTES)")
                 data = tar.extractfile(member)
                 current[ext] = data.read() if data is not None else b""
         except tarfile.TarError as e:
             raise DataError(f"{shard}: truncated or corrupt tar ({e})") from None
+        except (EOFError, OSError, zlib.error, lzma.LZMAError) as e:   # a truncated / corrupt compressed stream
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{shard}: truncated or corrupt compressed tar ({type(e).__name__}: {e})") from None
         # A tar cut exactly at a member boundary reads as a shorter valid tar; every complete tar ends with
         # an end-of-archive marker (two zero blocks) after the last member, so its absence is truncation.
         size = fs.size(path)
-        if size < tar.offset + END_OF_ARCHIVE:
+        if shard.endswith(".tar") and size < tar.offset + END_OF_ARCHIVE:
             raise DataError(f"{shard}: truncated tar (no end-of-archive marker after {tar.offset} of {size} bytes)")
         if current is not None:
             yield current
 
 
+def check_manifest(uri: str, shards: list[str]) -> dict[str, Any] | None:
+    """The manifest of a generation output at ``uri`` (checked against the shards found), or None.
+
+    A directory with ``_plan.json`` is a generation output: without ``manifest.json`` it is unfinished (a
+    killed or running job) and is refused; a manifest not marked complete, or whose shard list differs from
+    the shards present, is refused too. A plain directory of shards (no plan, no manifest) is read as it is,
+    with a warning saying so."""
+    if uri.endswith(SHARD_SUFFIXES):
+        log.warning("%s: reading one shard file; no manifest checks that it is complete", uri)
+        return None
+    man_uri, plan_uri = storage.join(uri, MANIFEST_FILE), storage.join(uri, PLAN_FILE)
+    if not storage.exists(man_uri):
+        if storage.exists(plan_uri):
+            raise DataError(f"{uri}: an unfinished generation output ({plan_uri} but no {MANIFEST_FILE}; "
+                            f"{len(shards)} shard(s) present): the generate job was killed or is still running. "
+                            f"Re-run it with the same config to finish, then read the shards")
+        return None
+    try:
+        man = storage.load_json(storage.read_bytes(man_uri, max_bytes=64 << 20), man_uri)
+        listed = {str(e["name"]) for e in man.get("shards", [])}
+        complete = bool(man.get("complete"))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{man_uri}: unreadable manifest ({type(e).__name__}: {e})") from None
+    if not complete:
+        raise DataError(f"{man_uri}: the generation is not complete ({man.get('num_shards')} shard(s) listed); "
+                        f"re-run the generate job to finish it")
+    found = {f.rsplit("/", 1)[-1] for f in shards}
+    if found != listed:
+        extra, absent = sorted(found - listed), sorted(listed - found)
+        raise DataError(f"{uri}: shards differ from {man_uri} (not listed: {extra[:3]}, missing: {absent[:3]}); "
+                        f"run generate --verify, or re-run the generate job")
+    return man
+
+
 def read_shards(uri: str, image_size: int, channels: int = 0, on_bad: str = "error",
                 num_classes: int | None = None, with_meta: bool = False) -> ImageSet | tuple[ImageSet, list[dict]]:
-    """All samples of the shards under ``uri`` as an ImageSet (optionally with their parsed json)."""
+    """All samples of the shards under ``uri`` as an ImageSet (optionally with their parsed json).
+
+    A generation output is read only when its manifest says it is complete, and the samples read must
+    match the manifest's per-class counts (:func:`check_manifest`). Keys need only be unique within a shard
+    (a repeated key or member there is an error of :func:`iter_samples`)."""
     shards = list_shards(uri)
     if not shards:
-        raise DataError(f"{uri}: no .tar shards found")
+        raise DataError(f"{uri}: no shards ({', '.join(SHARD_SUFFIXES)}) found")
+    manifest = check_manifest(uri, shards)
+    if num_classes is not None:
+        check_num_classes(num_classes, uri)
+    max_label = (num_classes if num_classes is not None else MAX_CLASSES) - 1
     images, labels, metas = [], [], []
     skipped = 0
 
@@ -107,13 +169,24 @@ def read_shards(uri: str, image_size: int, channels: int = 0, on_bad: str = "err
                 bad(f"{where}: sample needs an image (.png/.jpg) and a .cls member, has {sorted(k for k in s if not k.startswith('__'))}")
                 continue
             try:
-                label = int(s["cls"].decode().strip())
-            except ValueError:
+                text = s["cls"].decode("ascii").strip()
+                if not text.lstrip("-").isdigit() or len(text) > 12:
+                    raise ValueError
+                label = int(text)
+            except (ValueError, UnicodeDecodeError):
                 bad(f"{where}: .cls is not an integer: {s['cls'][:20]!r}")
                 continue
-            if label < 0 or (num_classes is not None and label >= num_classes):
-                bad(f"{where}: label {label} out of range 0..{(num_classes or 1) - 1}")
+            if label < 0 or label > max_label:
+                bad(f"{where}: label {label} out of range 0..{max_label}"
+                    + ("" if num_classes is not None else " (set data.num_classes / LTAUG_MAX_CLASSES if real)"))
                 continue
+            meta: dict = {}
+            if with_meta and "json" in s:
+                try:
+                    meta = storage.load_json(s["json"], f"{where}.json")
+                except ValueError as e:
+                    bad(str(e))
+                    continue
             try:
                 img = decode(s[img_ext], where, image_size, channels)
             except ImageDecodeError as e:
@@ -122,11 +195,22 @@ def read_shards(uri: str, image_size: int, channels: int = 0, on_bad: str = "err
             images.append(img)
             labels.append(label)
             if with_meta:
-                metas.append(json.loads(s["json"]) if "json" in s else {})
+                metas.append(meta)
     if skipped:
         log.warning("%s: skipped %d bad sample(s)", uri, skipped)
+    if manifest is not None:
+        want = list((manifest.get("per_class") or {}).get("kept") or [])
+        got = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(want)).tolist() if labels else [0] * len(want)
+        if want and got != want and not skipped:
+            raise DataError(f"{uri}: the shards hold per-class counts {got} but {MANIFEST_FILE} says {want}; the "
+                            f"output was changed after it was written: run generate --verify")
+    elif not uri.endswith(SHARD_SUFFIXES):
+        log.warning("%s: no %s: read %d sample(s) from %d shard(s) as they are; nothing checks they are complete",
+                    uri, MANIFEST_FILE, len(labels), len(shards))
     arr = stack(images, uri) if images else np.zeros((0, image_size, image_size, max(channels, 1)), np.uint8)
     n_cls = num_classes if num_classes is not None else (max(labels) + 1 if labels else 0)
+    if manifest is not None and num_classes is None and manifest.get("per_class", {}).get("kept"):
+        n_cls = max(n_cls, len(manifest["per_class"]["kept"]))
     out = ImageSet(arr, np.asarray(labels, dtype=np.int64), n_cls, tuple(str(i) for i in range(n_cls)),
                    f"shards:{uri}", skipped)
     return (out, metas) if with_meta else out

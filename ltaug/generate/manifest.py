@@ -22,6 +22,7 @@ from .. import storage
 from .plan import GenerationPlan, parse_key
 from .shards import MANIFEST_FILE, PLAN_FILE, ShardStats, read_stats
 
+MAX_PLAN_BYTES = 64 << 20   # a plan is small; anything bigger is not ours
 SHARD_RE = re.compile(r"gen-([0-9a-f]{8})-(\d{6})\.tar$")
 MAX_PROBLEMS = 50
 
@@ -38,38 +39,138 @@ def read_plan(output_uri: str) -> GenerationPlan | None:
     uri = plan_uri(output_uri)
     if not storage.exists(uri):
         return None
-    return GenerationPlan.from_dict(json.loads(storage.read_bytes(uri)))
+    try:
+        return GenerationPlan.from_dict(storage.load_json(storage.read_bytes(uri, max_bytes=MAX_PLAN_BYTES), uri))
+    except (ValueError, KeyError, TypeError) as e:
+        raise PlanConflictError(f"{uri}: unreadable generation plan ({type(e).__name__}: {e}); this output is "
+                                f"damaged or not ltaug's: use another generate.output_uri or delete it") from None
 
 
 def list_tars(output_uri: str) -> list[str]:
     return [u for u in storage.listdir(output_uri, ".tar")]
 
 
-def prepare_output(output_uri: str, plan: GenerationPlan) -> list[int]:
-    """Claim ``output_uri`` for ``plan`` (or check it already belongs to it); return the published shards.
+def _conflict(output_uri: str, existing: GenerationPlan, plan: GenerationPlan) -> PlanConflictError:
+    changed = sorted(k for k in set(existing.to_dict()) | set(plan.to_dict())
+                     if existing.to_dict().get(k) != plan.to_dict().get(k))
+    sett = existing.settings, plan.settings
+    changed_settings = sorted(k for k in set(sett[0]) | set(sett[1]) if sett[0].get(k) != sett[1].get(k))
+    return PlanConflictError(
+        f"{output_uri} already holds generation plan {existing.digest} and this config gives plan "
+        f"{plan.digest} (differs in: {', '.join(changed + changed_settings) or 'settings'}); refusing to "
+        f"overwrite or mix them (another generate job may be writing there now). Use another "
+        f"generate.output_uri, or delete {output_uri} to replace it.")
 
-    Raises :class:`PlanConflictError` when the directory belongs to another plan (a different budget, seed,
-    checkpoint, sampler, guidance or filter): re-using it would mix two generations silently.
-    """
-    existing = read_plan(output_uri)
-    if existing is not None and existing.digest != plan.digest:
-        changed = sorted(k for k in set(existing.to_dict()) | set(plan.to_dict())
-                         if existing.to_dict().get(k) != plan.to_dict().get(k))
-        sett = existing.settings, plan.settings
-        changed_settings = sorted(k for k in set(sett[0]) | set(sett[1]) if sett[0].get(k) != sett[1].get(k))
-        raise PlanConflictError(
-            f"{output_uri} already holds generation plan {existing.digest} and this config gives plan "
-            f"{plan.digest} (differs in: {', '.join(changed + changed_settings) or 'settings'}); refusing to "
-            f"overwrite or mix them. Use another generate.output_uri, or delete {output_uri} to replace it.")
-    tars = list_tars(output_uri)
-    ours = {plan.shard_name(s): s for s in range(plan.num_shards)}
+
+def _foreign(output_uri: str, plan: GenerationPlan, tars: list[str]) -> None:
+    ours = {plan.shard_name(s) for s in range(plan.num_shards)}
     foreign = [t for t in tars if t.rsplit("/", 1)[-1] not in ours]
     if foreign:
         raise PlanConflictError(f"{output_uri} holds {len(foreign)} shard(s) that are not part of plan {plan.digest} "
                                 f"(e.g. {foreign[0]}); refusing to mix outputs. Use another generate.output_uri.")
+
+
+def claim_output(output_uri: str, plan: GenerationPlan) -> bool:
+    """Make ``output_uri`` belong to ``plan``, atomically; True when this call created the claim.
+
+    The claim is ``_plan.json``, created exclusively (a hard link locally, a conditional PUT with
+    ``If-None-Match: *`` on S3): of two jobs claiming one output at once, exactly one wins and the other
+    sees the winner's plan. The plan is read back afterwards, so a backend that lost the race without
+    saying so is caught too. Raises :class:`PlanConflictError` when the output belongs to another plan.
+    """
+    uri = plan_uri(output_uri)
+    body = json.dumps(plan.to_dict(), sort_keys=True, indent=1).encode()
+    existing = read_plan(output_uri)
+    created = False
     if existing is None:
-        storage.write_bytes(plan_uri(output_uri), json.dumps(plan.to_dict(), sort_keys=True, indent=1).encode())
-    return sorted(ours[t.rsplit("/", 1)[-1]] for t in tars)
+        _foreign(output_uri, plan, list_tars(output_uri))
+        created = storage.create_exclusive(uri, body)
+        existing = read_plan(output_uri)
+        if existing is None:
+            raise PlanConflictError(f"{uri}: claimed but not readable back; is another job deleting {output_uri}?")
+    if existing.digest != plan.digest:
+        raise _conflict(output_uri, existing, plan)
+    return created
+
+
+def check_claim(output_uri: str, plan: GenerationPlan) -> None:
+    """Re-check, before committing (a shard, the manifest), that ``output_uri`` still belongs to ``plan``."""
+    existing = read_plan(output_uri)
+    if existing is None:            # removed meanwhile (a released claim): take it again, exclusively
+        claim_output(output_uri, plan)
+    elif existing.digest != plan.digest:
+        raise _conflict(output_uri, existing, plan)
+    _foreign(output_uri, plan, list_tars(output_uri))
+
+
+def release_claim(output_uri: str, plan: GenerationPlan) -> bool:
+    """Withdraw this plan's claim when nothing of it was published (a run that failed before its first shard),
+    so a corrected re-run with another plan can use the output. True when the claim was removed."""
+    try:
+        existing = read_plan(output_uri)
+        if existing is None or existing.digest != plan.digest or list_tars(output_uri):
+            return False
+        storage.remove(plan_uri(output_uri))
+        return True
+    except (OSError, PlanConflictError):
+        return False
+
+
+def shard_intact(output_uri: str, plan: GenerationPlan, shard: int) -> str:
+    """Cheap check of a published shard before a re-run skips it: its stats load, its size equals the size
+    recorded in the stats, it starts with a valid tar header and ends with the end-of-archive marker.
+    Returns "" when intact, else why not."""
+    import tarfile
+
+    name = plan.shard_name(shard)
+    uri = storage.join(output_uri, name)
+    try:
+        st = read_stats(output_uri, name)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"stats missing or unreadable ({type(e).__name__})"
+    fs, path = storage.get_fs(uri)
+    try:
+        size = int(storage.with_retry(lambda: fs.size(path), f"stat {uri}"))
+        if size != st.bytes:
+            return f"{size} bytes but its stats say {st.bytes}"
+        if size < 3 * tarfile.BLOCKSIZE:
+            return "too short for a tar"
+        head = storage.with_retry(lambda: fs.cat_file(path, start=0, end=tarfile.BLOCKSIZE), f"read {uri}")
+        tail = storage.with_retry(lambda: fs.cat_file(path, start=size - 2 * tarfile.BLOCKSIZE, end=size),
+                                  f"read {uri}")
+        tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
+    except (OSError, tarfile.TarError) as e:
+        return f"unreadable ({type(e).__name__}: {e})"
+    if tail.strip(b"\0"):
+        return "no end-of-archive marker (truncated or overwritten)"
+    return ""
+
+
+def prepare_output(output_uri: str, plan: GenerationPlan, *, check: bool = True,
+                   on_damaged=None) -> list[int]:
+    """Claim ``output_uri`` for ``plan`` (or check it already belongs to it); return the intact published shards.
+
+    Raises :class:`PlanConflictError` when the directory belongs to another plan (a different budget, seed,
+    checkpoint, sampler, guidance or filter): re-using it would mix two generations silently. With
+    ``check``, every published shard is checked cheaply (:func:`shard_intact`); a damaged one is left out
+    of the result (so it is generated again) and reported through ``on_damaged(name, why)``.
+    """
+    claim_output(output_uri, plan)
+    tars = list_tars(output_uri)
+    _foreign(output_uri, plan, tars)
+    ours = {plan.shard_name(s): s for s in range(plan.num_shards)}
+    done = sorted(ours[t.rsplit("/", 1)[-1]] for t in tars)
+    if not check:
+        return done
+    intact = []
+    for s in done:
+        why = shard_intact(output_uri, plan, s)
+        if why:
+            if on_damaged is not None:
+                on_damaged(plan.shard_name(s), why)
+            continue
+        intact.append(s)
+    return intact
 
 
 def build_manifest(plan: GenerationPlan, stats: Iterable[ShardStats]) -> dict[str, Any]:
@@ -193,7 +294,7 @@ def verify(output_uri: str, decode: bool = True, require_complete: bool = True) 
                 try:
                     if int(smp["cls"].decode().strip()) != label:
                         raise ValueError(f".cls {smp['cls']!r} != class {label}")
-                    meta = json.loads(smp["json"])
+                    meta = storage.load_json(smp["json"], f"{uri} key {key}.json")
                     if int(meta["class"]) != label or int(meta["id"]) != i:
                         raise ValueError(f".json class/id {meta.get('class')}/{meta.get('id')} != {label}/{i}")
                     if decode:
@@ -238,7 +339,7 @@ def verify(output_uri: str, decode: bool = True, require_complete: bool = True) 
         rep.problem(f"planned id {int(i)} (key {r['key'][0]}) is neither in a shard nor recorded as dropped")
     man_uri = storage.join(output_uri, MANIFEST_FILE)
     if storage.exists(man_uri):
-        man = json.loads(storage.read_bytes(man_uri))
+        man = storage.load_json(storage.read_bytes(man_uri, max_bytes=MAX_PLAN_BYTES), man_uri)
         if man.get("plan") != plan.digest:
             rep.problem(f"{man_uri}: manifest of plan {man.get('plan')} but {PLAN_FILE} says {plan.digest}")
         elif man.get("per_class", {}).get("kept") != rep.per_class_kept:
@@ -249,5 +350,5 @@ def verify(output_uri: str, decode: bool = True, require_complete: bool = True) 
     return rep
 
 
-__all__ = ["PlanConflictError", "prepare_output", "build_manifest", "collect_stats", "write_manifest", "read_plan",
+__all__ = ["PlanConflictError", "prepare_output", "claim_output", "check_claim", "release_claim", "shard_intact", "build_manifest", "collect_stats", "write_manifest", "read_plan",
            "verify", "VerifyReport", "list_tars", "plan_uri"]

@@ -179,7 +179,8 @@ def publish_shard(output_uri: str, data: bytes, stats: ShardStats) -> str:
 
 
 def read_stats(output_uri: str, name: str) -> ShardStats:
-    return ShardStats.from_dict(json.loads(storage.read_bytes(stats_uri(output_uri, name))))
+    uri = stats_uri(output_uri, name)
+    return ShardStats.from_dict(storage.load_json(storage.read_bytes(uri, max_bytes=64 << 20), uri))
 
 
 __all__ = ["ShardProducer", "ShardStats", "build_tar", "encode_png", "sample_meta", "publish_shard",

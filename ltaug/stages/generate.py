@@ -16,8 +16,9 @@ from ..config import Config
 from ..generate import (FilterSpec, FilterStage, GenerationPlan, ImageGenerator, ShardProducer, ShardStats,
                         build_manifest, checkpoint_digest, collect_stats, generation_settings, prepare_output,
                         publish_shard, verify, write_manifest)
+from ..generate.manifest import check_claim, claim_output, release_claim
 from ..train import checkpoint as ckpt_io
-from ..train import resolve_checkpoint, resolve_device
+from ..train import resolve_device
 from .launcher import Launcher
 from .run import Run
 
@@ -37,16 +38,15 @@ class GenerationSetup:
         """Built once per worker, in the worker's process (so its device is that process's)."""
         device = resolve_device(self.cfg.resources)
         gen = ImageGenerator(self.cfg, self.checkpoint, device, checkpoint_digest=self.checkpoint_digest)
-        flt = FilterStage(FilterSpec(self.classifier, tuple(self.cfg.filter.keep), str(device),
-                                     self.cfg.classifier.eval_batch_size))
+        flt = FilterStage(FilterSpec.from_config(self.cfg, self.classifier, str(device)))
         return ShardProducer(self.plan, gen, flt, self.cfg.generate.batch_size)
 
 
-def plan_counts(cfg: Config, checkpoint: str) -> tuple[int, ...]:
+def plan_counts(cfg: Config, checkpoint: str, ck: dict[str, Any] | None = None) -> tuple[int, ...]:
     """Real per-class counts the plan tops up: config, else the diffusion checkpoint's, else the dataset's."""
     if cfg.generate.counts:
         return tuple(cfg.generate.counts)
-    extra = ckpt_io.load(checkpoint).get("extra") or {}
+    extra = (ck if ck is not None else ckpt_io.load(checkpoint)).get("extra") or {}
     if extra.get("counts"):
         return tuple(int(c) for c in extra["counts"])
     from .data import stage_data
@@ -54,19 +54,138 @@ def plan_counts(cfg: Config, checkpoint: str) -> tuple[int, ...]:
     return tuple(stage_data(cfg)[0].train.counts.counts)
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """What a checkpoint consumes or produces: image side, channels, classes."""
+
+    image_size: int
+    channels: int
+    num_classes: int
+
+    def text(self) -> str:
+        return f"{self.image_size}x{self.image_size}x{self.channels}, {self.num_classes} classes"
+
+
+def _weights_match(model_cls: Callable[[], Any], weights: Any, uri: str, what: str) -> None:
+    """The checkpoint's weights have the keys and shapes of the architecture it records (built on the
+    ``meta`` device: no memory, no compute), so the model will load on the workers."""
+    import torch
+
+    if not isinstance(weights, dict):
+        raise ckpt_io.CheckpointError(f"{uri}: {what} weights are missing (an old or foreign checkpoint?)")
+    with torch.device("meta"):
+        model = model_cls()
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()}
+    missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    if missing or unexpected or wrong:
+        first = (f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}" if unexpected
+                 else f"{wrong[0]!r} is {got[wrong[0]]}, the architecture needs {want[wrong[0]]}")
+        raise ckpt_io.CheckpointError(
+            f"{uri}: {what} weights do not fit the architecture recorded in the checkpoint ({len(missing)} "
+            f"missing, {len(unexpected)} unexpected, {len(wrong)} wrong-shaped tensors; first: {first}); the "
+            f"file is damaged, old or not from ltaug: retrain or use another checkpoint")
+
+
+def check_diffusion_checkpoint(uri: str, ck: dict[str, Any], use_ema: bool = True) -> ModelShape:
+    """Kind, architecture record and weights of a diffusion checkpoint; its image shape and class count."""
+    from ..diffusion import UNet
+    from ..diffusion.unet import UNetSpec
+
+    if ck.get("kind") != "diffusion":
+        raise ckpt_io.CheckpointError(f"{uri}: a {ck.get('kind')!r} checkpoint, not a diffusion one; set "
+                                      f"model.checkpoint to a train_diffusion checkpoint")
+    extra = ck.get("extra") if isinstance(ck.get("extra"), dict) else {}
+    if not isinstance(extra.get("spec"), dict):
+        raise ckpt_io.CheckpointError(f"{uri}: no architecture record (extra.spec); an old or foreign checkpoint: "
+                                      f"retrain with this version of ltaug")
+    spec = UNetSpec.from_record(dict(extra["spec"]), uri)
+    weights = ck["ema"] if (use_ema and ck.get("ema") is not None) else ck.get("model")
+    _weights_match(lambda: UNet(spec), weights, uri, "diffusion")
+    return ModelShape(int(spec.image_size), int(spec.in_channels), int(spec.num_classes))
+
+
+def check_classifier_checkpoint(uri: str, ck: dict[str, Any]) -> tuple[ModelShape, bool]:
+    """Kind, architecture and weights of a classifier checkpoint; its input shape, class count, and whether it
+    has a feature bank of ``num_classes`` centres (needed by the ID/AID/OOD filter)."""
+    from ..classify import build_classifier
+    from ..classify.resnet import ModelSpec
+
+    extra = ck.get("extra") if isinstance(ck.get("extra"), dict) else {}
+    if ck.get("kind") != "classifier" or not isinstance(extra.get("model_spec"), dict):
+        raise ckpt_io.CheckpointError(f"{uri}: not a classifier checkpoint (kind {ck.get('kind')!r}); set "
+                                      f"classifier.checkpoint to a train_classifier checkpoint")
+    try:
+        spec = ModelSpec(**extra["model_spec"])
+    except TypeError as e:
+        raise ckpt_io.CheckpointError(f"{uri}: classifier record extra.model_spec is not readable ({e}); an old "
+                                      f"or foreign checkpoint: retrain with this version of ltaug") from None
+    weights = ck["ema"] if extra.get("use_ema") and ck.get("ema") is not None else ck.get("model")
+    _weights_match(lambda: build_classifier(spec), weights, uri, "classifier")
+    shape = ModelShape(int(spec.image_size), int(spec.in_channels), int(spec.num_classes))
+    bank = extra.get("feature_bank")
+    if isinstance(bank, dict) and "centers" in bank:
+        n = int(getattr(bank["centers"], "shape", (0,))[0])
+        if n != shape.num_classes:
+            raise ckpt_io.CheckpointError(f"{uri}: feature bank has {n} class centres but the classifier "
+                                          f"{shape.num_classes} classes; the checkpoint is inconsistent")
+    return shape, isinstance(bank, dict)
+
+
+def check_compatible(diff: ModelShape, diff_uri: str, clf: ModelShape, clf_uri: str, role: str) -> None:
+    """The classifier sees exactly what the diffusion model makes: same image side, channels and classes."""
+    problems = []
+    if clf.image_size != diff.image_size:
+        problems.append(f"image size {clf.image_size} vs {diff.image_size}")
+    if clf.channels != diff.channels:
+        problems.append(f"channels {clf.channels} vs {diff.channels}")
+    if clf.num_classes != diff.num_classes:
+        problems.append(f"classes {clf.num_classes} vs {diff.num_classes}")
+    if problems:
+        raise ValueError(f"classifier.checkpoint {clf_uri} ({clf.text()}) does not match model.checkpoint "
+                         f"{diff_uri} ({diff.text()}): {'; '.join(problems)}. The {role} needs a classifier trained "
+                         f"on the same data at the same image size; retrain it or pick the matching checkpoint")
+
+
 def setup_generation(cfg: Config, run_dir: str) -> GenerationSetup:
-    """Resolve the output, the checkpoints (a file or the newest valid one of a directory) and the plan."""
+    """Resolve the output, the checkpoints (a file or the newest valid one of a directory) and the plan.
+
+    Everything the plan depends on is loaded and checked here, before the output is claimed (at the start of
+    :func:`run_generation`): the diffusion checkpoint's kind, architecture and weights; the classifier's, and
+    that it takes the diffusion model's image size, channels and classes; the per-class counts' length. A
+    run that fails these checks leaves its output untouched, so a corrected re-run works in place."""
     if not cfg.model.checkpoint:
         raise ValueError("model.checkpoint: set the diffusion checkpoint to generate from (local or s3://)")
     output_uri = cfg.generate.output_uri or storage.join(run_dir, "shards")
     storage.check_access(output_uri, write=True)
-    ckpt = resolve_checkpoint(cfg.model.checkpoint)
-    clf = resolve_checkpoint(cfg.classifier.checkpoint) if cfg.classifier.checkpoint else ""
+    dck = ckpt_io.open_checkpoint(cfg.model.checkpoint)
+    ckpt = dck["_uri"]
+    shape = check_diffusion_checkpoint(ckpt, dck, cfg.sample.use_ema)
+    clf = ""
+    needs_clf = cfg.guidance.minority.scale > 0 and cfg.guidance.minority.distance == "classifier"
+    if needs_clf and not cfg.classifier.checkpoint:
+        raise ValueError("classifier.checkpoint: guidance.minority.distance=classifier needs a classifier checkpoint")
+    if cfg.classifier.checkpoint:
+        cck = ckpt_io.open_checkpoint(cfg.classifier.checkpoint)
+        clf = cck["_uri"]
+        cshape, has_bank = check_classifier_checkpoint(clf, cck)
+        check_compatible(shape, ckpt, cshape, clf, "filter" + (" and minority guidance" if needs_clf else ""))
+        if not has_bank:
+            raise ValueError(f"classifier.checkpoint {clf}: the classifier checkpoint has no feature bank (an "
+                             f"intermediate checkpoint?); use the final one of train_classifier")
+        del cck
+    counts = plan_counts(cfg, ckpt, dck)
+    del dck
+    if len(counts) != shape.num_classes:
+        where = "generate.counts" if cfg.generate.counts else f"the per-class counts of {ckpt} (or the dataset)"
+        raise ValueError(f"{where}: {len(counts)} classes but model.checkpoint {ckpt} has {shape.num_classes}; "
+                         f"set generate.counts to {shape.num_classes} entries or use the matching checkpoint")
     digest = checkpoint_digest(ckpt)
     settings = {"generator": generation_settings(cfg, digest),
                 "filter": {"keep": list(cfg.filter.keep) if clf else ["*"]},
                 "classifier_digest": checkpoint_digest(clf) if clf else ""}
-    plan = GenerationPlan.from_counts(plan_counts(cfg, ckpt), cfg.generate.target_per_class, cfg.generate.budget,
+    plan = GenerationPlan.from_counts(counts, cfg.generate.target_per_class, cfg.generate.budget,
                                       cfg.generate.seed, cfg.generate.shard_size, settings)
     return GenerationSetup(cfg, plan, output_uri, ckpt, digest, clf)
 
@@ -74,31 +193,48 @@ def setup_generation(cfg: Config, run_dir: str) -> GenerationSetup:
 Progress = Callable[[ShardStats, int, int], None]
 
 
-def run_generation(setup: GenerationSetup, launcher: Launcher, *, on_progress: Progress | None = None) -> dict[str, Any]:
+def run_generation(setup: GenerationSetup, launcher: Launcher, *, on_progress: Progress | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Generate every unpublished shard of ``setup.plan`` into ``setup.output_uri``; write the manifest.
 
     Returns ``{manifest, manifest_uri, new_shards, skipped_shards, seconds, images_per_s}``.
     """
     plan, out = setup.plan, setup.output_uri
-    done = prepare_output(out, plan)
-    done_set = set(done)
-    pending = [s for s in range(plan.num_shards) if s not in done_set]
-    t0 = time.perf_counter()
-    fresh: list[ShardStats] = []
+    damaged: list[str] = []
+    created = claim_output(out, plan)         # atomic: of two jobs on one output, one wins
+    try:
+        done = prepare_output(out, plan, on_damaged=lambda name, why: damaged.append(f"{name}: {why}"))
+        if damaged:
+            log(f"warning: {len(damaged)} published shard(s) of {out} are damaged and will be generated again: "
+                + "; ".join(damaged[:5]))
+        done_set = set(done)
+        pending = [s for s in range(plan.num_shards) if s not in done_set]
+        t0 = time.perf_counter()
+        fresh: list[ShardStats] = []
 
-    def on_done(st: ShardStats) -> None:
-        fresh.append(st)
-        if on_progress is not None:
-            on_progress(st, len(fresh), len(pending))
+        def on_done(st: ShardStats) -> None:
+            fresh.append(st)
+            if on_progress is not None:
+                on_progress(st, len(fresh), len(pending))
 
-    launcher.map_shards(setup.producer, pending, lambda data, st: publish_shard(out, data, st), on_done)
+        def publish(data: bytes, st: ShardStats) -> str:
+            check_claim(out, plan)            # still ours (nobody replaced the plan or added foreign shards)
+            return publish_shard(out, data, st)
+
+        launcher.map_shards(setup.producer, pending, publish, on_done)
+    except BaseException:
+        if created and not damaged:
+            release_claim(out, plan)         # nothing of ours was published: leave the output as we found it
+        raise
     seconds = time.perf_counter() - t0
     stats = {st.shard: st for st in fresh}
     stats.update({st.shard: st for st in collect_stats(out, plan, [s for s in done if s not in stats])})
     manifest = build_manifest(plan, stats.values())
+    check_claim(out, plan)                    # re-checked before the manifest commits the output
     manifest_uri = write_manifest(out, manifest)
     made = sum(sum(st.generated.values()) for st in fresh)
     return {"manifest": manifest, "manifest_uri": manifest_uri, "new_shards": len(fresh), "skipped_shards": len(done),
+            "damaged_shards": len(damaged),
             "seconds": round(seconds, 3), "images_per_s": round(made / seconds, 3) if seconds > 0 and made else 0.0}
 
 
@@ -116,7 +252,7 @@ def generate(cfg: Config, run: Run, launcher: Launcher, *, log: Callable[[str], 
         log(f"[{k}/{n}] {st.name}: generated {gen} kept {kept} dropped {gen - kept} ({st.seconds:.1f}s)")
         run.tracker.log_metrics({"shards_done": k, "shard_seconds": st.seconds}, step=k)
 
-    res = run_generation(setup, launcher, on_progress=progress)
+    res = run_generation(setup, launcher, on_progress=progress, log=log)
     man = res["manifest"]
     log(f"done: {res['new_shards']} new shard(s), {res['skipped_shards']} already published; requested "
         f"{man['requested']} written {man['written']} dropped {man['dropped']} ({res['images_per_s']} img/s)")

@@ -47,8 +47,9 @@ class Run:
 
     def write_json(self, name: str, obj: Any, artifact: bool = True) -> str:
         p = self.local(name)
+        text = json.dumps(obj, indent=2, default=json_default)
         with open(p, "w") as fh:
-            json.dump(obj, fh, indent=2, default=json_default)
+            fh.write(storage.redact(text))      # credentials inside URIs never reach a written file
         return self.publish(p, name) if artifact else p
 
     def child(self, name: str, cfg: Config | None = None) -> "Run":
@@ -95,7 +96,17 @@ def open_run(cfg: Config, job: str, parent_run_id: str | None = None, tracked: b
         local_dir = os.path.join(tempfile.gettempdir(), "ltaug-runs", name)
     else:
         local_dir = rdir
-    os.makedirs(local_dir, exist_ok=True)
+    try:
+        os.makedirs(local_dir, exist_ok=True)
+        probe = os.path.join(local_dir, f".write-probe-{os.getpid()}")
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        why = ("a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError))
+               else e.strerror or type(e).__name__)
+        raise storage.StorageError(f"run.output_dir={cfg.run.output_dir}: cannot create or write the run directory "
+                                   f"{local_dir} ({why}); choose a writable directory") from None
     tracker: Tracker = NullTracker()
     if tracked:
         tracker = make_tracker(cfg.tracking.uri, cfg.run.output_dir, cfg.tracking.experiment, name,

@@ -16,7 +16,9 @@ import numpy as np
 from ... import storage
 from ...config import DataConfig
 from ..types import ImageSet
-from .common import DataError, bad_record, finish, missing
+from .common import log
+from .common import (MAX_DECODED_BYTES, DataError, bad_record, finish, integer_labels, missing,
+                     uint8_pixels)
 
 RECORD = 3 * 32 * 32
 _SAFE = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -35,7 +37,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def load_pickle(uri: str) -> dict:
     """Read one CIFAR pickle; a truncated or foreign file is a :class:`DataError` naming it."""
-    data = storage.read_bytes(uri)
+    try:
+        data = storage.read_bytes(uri, max_bytes=MAX_DECODED_BYTES)
+    except storage.StorageError as e:
+        raise DataError(str(e)) from None
     try:
         obj = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as e:  # noqa: BLE001 - every unpickling failure means a bad file
@@ -64,8 +69,12 @@ def _batch_files(cfg: DataConfig, split: str) -> tuple[str, list[str]]:
     d = _find_dir(cfg, sub, pattern)
     if not d:
         raise missing(cfg.source, cfg.root, [f"{e} (in {cfg.root} or {cfg.root}/{sub})" for e in expected])
-    files = storage.glob(storage.join(d, pattern))
-    files = [f for f in files if not f.endswith((".meta", ".html"))]
+    exact = re.compile(r"data_batch_\d+" if pattern == "data_batch_*" else re.escape(pattern))
+    found = storage.glob(storage.join(d, pattern))
+    files = [f for f in found if exact.fullmatch(f.rsplit("/", 1)[-1])]
+    stray = [f for f in found if f not in files and not f.endswith((".meta", ".html"))]
+    if stray:   # data_batch_1.bak, data_batch_1 (copy): never read twice, but say so
+        log.warning("%s: ignoring %d file(s) that are not CIFAR batch names, e.g. %s", d, len(stray), stray[0])
     key = lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f)]  # noqa: E731
     return d, sorted(files, key=key)
 
@@ -78,8 +87,8 @@ def load_cifar_split(cfg: DataConfig, split: str) -> ImageSet:
         batch = load_pickle(f)
         if "data" not in batch or label_key not in batch:
             raise DataError(f"{f}: missing key 'data' or {label_key!r}; keys are {sorted(batch)}")
-        data = np.asarray(batch["data"])
-        y = np.asarray(batch[label_key], dtype=np.int64)
+        data = uint8_pixels(batch["data"], f"{f}: 'data'")
+        y = integer_labels(batch[label_key], f"{f}: {label_key!r}")
         if data.ndim != 2 or data.shape[1] != RECORD:
             raise DataError(f"{f}: 'data' has shape {data.shape}; expected [N, {RECORD}] (32x32x3 uint8 rows)")
         if len(y) != len(data):
@@ -95,5 +104,8 @@ def load_cifar_split(cfg: DataConfig, split: str) -> ImageSet:
     if storage.exists(meta_uri):
         meta = load_pickle(meta_uri)
         names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(names_key, ()))
+        if names and len(names) != num_classes:
+            raise DataError(f"{meta_uri}: {names_key!r} lists {len(names)} class names; {cfg.source} has "
+                            f"{num_classes}. Wrong meta file or wrong data.source")
     return finish(cfg, np.concatenate(images), np.concatenate(labels), num_classes,
                   f"{cfg.source}[{split}]", names if len(names) == num_classes else (), skipped[0])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
@@ -15,6 +16,72 @@ log = logging.getLogger("ltaug.data")
 
 class DataError(ValueError):
     """Bad or missing input data; the message names the file and the record."""
+
+
+def _limit(name: str, default: int) -> int:
+    """A cap on what one input may make ltaug allocate; overridable by the environment (``LTAUG_<NAME>``)."""
+    raw = os.environ.get(f"LTAUG_{name}")
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise DataError(f"LTAUG_{name}={raw!r}: expected an integer") from None
+
+
+# Caps (a tiny hostile file must not make ltaug allocate gigabytes). ``LTAUG_<NAME>`` overrides each.
+MAX_CLASSES = _limit("MAX_CLASSES", 100_000)                 # ImageNet-21k has ~21k classes
+MAX_IMAGE_FILE_BYTES = _limit("MAX_IMAGE_FILE_BYTES", 256 << 20)
+MAX_IMAGE_PIXELS = _limit("MAX_IMAGE_PIXELS", 64 << 20)      # decoded pixels of one image (8k x 8k)
+MAX_DECODED_BYTES = _limit("MAX_DECODED_BYTES", 2 << 30)     # one decompressed / decoded data file
+MAX_INFLATE_RATIO = _limit("MAX_INFLATE_RATIO", 200)          # real image data compresses ~2-10x; bombs ~1000x
+MAX_LIST_BYTES = _limit("MAX_LIST_BYTES", 1 << 30)           # a list file / label file read whole
+MAX_MEMBER_BYTES = _limit("MAX_MEMBER_BYTES", 256 << 20)     # one member of a shard tar
+
+
+def check_num_classes(n: int, where: str) -> int:
+    """``n`` classes are plausible (<= MAX_CLASSES); else an error naming ``where``."""
+    if n > MAX_CLASSES:
+        raise DataError(f"{where}: {n} classes (largest label {n - 1}); more than the {MAX_CLASSES} allowed. A label "
+                        f"is wrong, or set data.num_classes / LTAUG_MAX_CLASSES if the dataset really has that many")
+    return n
+
+
+def integer_labels(raw: object, where: str) -> np.ndarray:
+    """Labels as int64, refusing what is not an integer (float 3.7 would truncate to 3, bools, strings)."""
+    arr = np.asarray(raw)
+    if arr.ndim != 1:
+        raise DataError(f"{where}: labels have shape {arr.shape}; expected a flat list")
+    if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
+        bad = next((i for i, v in enumerate(arr.tolist())
+                    if isinstance(v, bool) or not isinstance(v, (int, np.integer))), 0)
+        raise DataError(f"{where}: labels have dtype {arr.dtype} (record {bad}: {arr.tolist()[bad]!r}); expected "
+                        f"integers 0..C-1")
+    if arr.dtype.kind == "u" and arr.dtype.itemsize >= 8 and arr.size and int(arr.max()) >= 2 ** 63:
+        raise DataError(f"{where}: label {int(arr.max())} overflows int64")
+    return arr.astype(np.int64)
+
+
+def uint8_pixels(raw: np.ndarray, where: str) -> np.ndarray:
+    """Pixels as uint8, refusing floats (a [0,1) image read as 0..255 is black) and values outside 0..255
+    (a cast would wrap them)."""
+    arr = np.asarray(raw)
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
+        raise DataError(f"{where}: pixels have dtype {arr.dtype}; expected uint8 0..255 (convert float images: "
+                        f"round(x * 255) for values in [0, 1])")
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            i = int(np.flatnonzero((arr.reshape(-1) < 0) | (arr.reshape(-1) > 255))[0])
+            raise DataError(f"{where}: pixel values {lo}..{hi} (element {i}) outside 0..255; expected uint8")
+    return arr.astype(np.uint8)
+
+
+def is_hidden(name: str) -> bool:
+    """Names a data reader never takes as data: hidden (``.ipynb_checkpoints``, ``.DS_Store``, ``._x.png``),
+    ``__MACOSX`` and the like."""
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    return base.startswith((".", "__")) or base in ("Thumbs.db", "desktop.ini")
 
 
 def missing(source: str, root: str, expected: list[str]) -> DataError:
@@ -64,7 +131,8 @@ def finish(cfg: DataConfig, images: np.ndarray, labels: np.ndarray, num_classes:
         images, labels, skipped = images[keep], labels[keep], counter[0]
     if skipped:
         log.warning("%s: skipped %d bad record(s) (data.on_bad_record=skip)", source, skipped)
-    imgs = resize(images, cfg.image_size, cfg.channels)
+    check_num_classes(num_classes, source)
+    imgs = resize(uint8_pixels(images, source), cfg.image_size, cfg.channels)
     names = class_names or tuple(str(c) for c in range(num_classes))
     return ImageSet(imgs, labels, num_classes, names, source, skipped)
 

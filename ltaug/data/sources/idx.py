@@ -5,15 +5,16 @@ The magic number, dimensions and file length are checked; a mismatch names the f
 """
 from __future__ import annotations
 
-import gzip
+import math
 import struct
+import zlib
 
 import numpy as np
 
 from ... import storage
 from ...config import DataConfig
 from ..types import ImageSet
-from .common import DataError, finish, missing
+from .common import MAX_DECODED_BYTES, MAX_INFLATE_RATIO, DataError, finish, missing
 
 IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
@@ -33,13 +34,30 @@ def _locate(cfg: DataConfig, name: str) -> str | None:
     return None
 
 
+def _gunzip(raw: bytes, uri: str, cap: int) -> bytes:
+    """Inflate a gzip file, stopping at ``cap`` bytes (a 2 MB ``.gz`` may inflate to gigabytes)."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    cap = min(cap, max(16 << 20, MAX_INFLATE_RATIO * len(raw)))
+    try:
+        out = d.decompress(raw, cap + 1)
+    except zlib.error as e:
+        raise DataError(f"{uri}: corrupt or truncated gzip ({e})") from None
+    if len(out) > cap:
+        raise DataError(f"{uri}: {len(raw)} bytes inflate to more than {cap} (the limit for this file: "
+                        f"{MAX_INFLATE_RATIO}x its size, at most LTAUG_MAX_DECODED_BYTES={MAX_DECODED_BYTES}); a gzip "
+                        f"bomb? Set LTAUG_MAX_INFLATE_RATIO / LTAUG_MAX_DECODED_BYTES if the file is real")
+    if not d.eof:
+        raise DataError(f"{uri}: corrupt or truncated gzip (the stream ends early)")
+    return out
+
+
 def read_idx(uri: str, magic: int) -> np.ndarray:
-    raw = storage.read_bytes(uri)
+    try:
+        raw = storage.read_bytes(uri, max_bytes=MAX_DECODED_BYTES)
+    except storage.StorageError as e:
+        raise DataError(str(e)) from None
     if uri.endswith(".gz"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DataError(f"{uri}: corrupt or truncated gzip ({e})") from None
+        raw = _gunzip(raw, uri, MAX_DECODED_BYTES)
     if len(raw) < 8:
         raise DataError(f"{uri}: {len(raw)} bytes, too short for an IDX header")
     got, = struct.unpack(">I", raw[:4])
@@ -47,8 +65,10 @@ def read_idx(uri: str, magic: int) -> np.ndarray:
         raise DataError(f"{uri}: wrong IDX magic 0x{got:08x}; expected 0x{magic:08x}")
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{uri}: {len(raw)} bytes, too short for a {ndim}-dimensional IDX header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    need = header + int(np.prod(dims))
+    need = header + math.prod(dims)           # Python ints: no overflow for hostile dimensions
     if len(raw) != need:
         raise DataError(f"{uri}: {len(raw)} bytes but the header {list(dims)} needs {need} "
                         f"(file truncated or corrupt)")
