@@ -294,8 +294,10 @@ def run(quick: bool = True) -> dict:
         handled += int(detected.get("truncated_shard_flagged", False))
         handled += int(_unsafe_member_refused(tmp))
         hostile = _hostile(100)
+        bombs = _bomb_peak_rss()
         metrics = {"faults_injected": int(sum(faults.values())), "samples_lost": int(lost), "duplicates": int(dup),
                    **{k: v for k, v in hostile.items() if k != "per_class"},
+                   "bomb_peak_rss_extra_mb": max(bombs.values()),
                    "bad_inputs_tried": tried, "bad_inputs_handled": handled, "storage_retries": int(retries), "shards_reused_after_faults": int(res["skipped_shards"]),
                    "verify_ok": int(rep.ok), "recovered_equals_reference": int(same_bytes)}
         details = {"faults": faults, "detected": detected, "planned": plan.total, "kept": rep.samples,
@@ -303,13 +305,49 @@ def run(quick: bool = True) -> dict:
                    "budget": list(plan.budget), "recovery_new_shards": res["new_shards"],
                    "recovery_skipped_shards": res["skipped_shards"], "bad_input_failures": failures,
                    "problems": rep.problems[:5], "seconds": round(time.perf_counter() - t0, 1),
-                   "num_shards": plan.num_shards, "checkpoint": ck, "hostile_per_class": hostile["per_class"]}
+                   "num_shards": plan.num_shards, "checkpoint": ck, "hostile_per_class": hostile["per_class"],
+                   "bomb_peak_rss_extra_mb": bombs}
         return {"metrics": metrics, "details": details}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 HANG_S = 60.0  # a probe slower than this counts as a hang
+
+# Memory bombs of the corpus: (source or "config", corpus entry). Each is read in a fresh process; the figure is
+# its peak RSS above a process that imports the same modules and reads nothing.
+BOMBS = (("imagefolder", "folder_png_bomb"), ("imagefolder", "folder_devzero"), ("mnist", "idx_gzip_bomb"),
+         ("imagenet_lt", "list_huge_label"), ("webdataset", "shard_huge_cls"), ("config", "configs/alias_bomb.yaml"),
+         ("config", "configs/recursive_alias.yaml"))
+
+_BOMB_SNIPPET = r"""
+import resource, sys, json
+sys.path.insert(0, sys.argv[1])
+from ltaug.config import load_config
+source, path = sys.argv[2], sys.argv[3]
+try:
+    from ltaug.data.sources import SOURCES   # the baseline ("none") pays the same imports
+    if source == "config":
+        load_config(path)
+    elif source != "none":
+        SOURCES[source](load_config(None, [f"data.source={source}", f"data.root={path}"]).data, "train")
+except Exception as e:
+    pass
+print(json.dumps({"rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def _bomb_peak_rss() -> dict[str, float]:
+    """Peak RSS (MB) of reading each memory bomb, above the same process reading nothing: bounded, stated."""
+    corpus = ROOT / "tests" / "reliability" / "corpus"
+
+    def rss(source: str, path: str) -> float:
+        r = subprocess.run([sys.executable, "-c", _BOMB_SNIPPET, str(ROOT), source, path], capture_output=True,
+                           text=True, timeout=300)
+        return json.loads(r.stdout.strip().splitlines()[-1])["rss_kb"] / 1024
+
+    base = rss("none", "")
+    return {entry: round(max(0.0, rss(source, str(corpus / entry)) - base), 1) for source, entry in BOMBS}
 
 
 def _hostile(races: int = 100) -> dict:

@@ -2,7 +2,16 @@
 
 S3 settings come only from the standard AWS environment variables (``AWS_ENDPOINT_URL``,
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION`` /
-``AWS_DEFAULT_REGION``); they are never copied into configs, logs or MLflow params.
+``AWS_DEFAULT_REGION``, ``AWS_RETRY_MODE``, ``AWS_MAX_ATTEMPTS``); they are never copied into configs,
+logs or MLflow params.
+
+Retries of S3 calls are botocore's own (s3fs passes ``config_kwargs`` to ``botocore.config.Config``):
+``adaptive`` mode by default (exponential back-off with jitter on throttling, 5xx, timeouts and dropped
+connections, plus client-side rate limiting), ``AWS_MAX_ATTEMPTS`` attempts (default
+:data:`S3_MAX_ATTEMPTS`); ``AWS_RETRY_MODE`` picks ``standard`` or ``legacy`` instead. What still escapes
+the client is retried here only when its *type* says it is transient (:data:`TRANSIENT_ERRORS`: a dropped
+connection or a timeout, e.g. from a local network filesystem or a wrapped client), never by matching
+message text; client errors (credentials, endpoint, access, missing bucket) fail at once.
 """
 from __future__ import annotations
 
@@ -22,8 +31,11 @@ T = TypeVar("T")
 
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
               "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-RETRIES = 4          # attempts for a transient storage error
+RETRIES = 4          # attempts of :func:`with_retry` for an error of a transient type
 BACKOFF_S = 0.25     # first back-off delay, doubled each retry
+S3_RETRY_MODE = "adaptive"   # botocore retry mode unless AWS_RETRY_MODE says otherwise
+S3_MAX_ATTEMPTS = 6          # botocore attempts (first call included) unless AWS_MAX_ATTEMPTS says otherwise
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)   # by type, not message
 
 retry_counter = {"retries": 0}
 
@@ -65,7 +77,25 @@ def s3_options() -> dict[str, Any]:
         client_kwargs["region_name"] = region
     if client_kwargs:
         opts["client_kwargs"] = client_kwargs
+    opts["config_kwargs"] = {"retries": s3_retry_config()}
     return opts
+
+
+def s3_retry_config() -> dict[str, Any]:
+    """botocore's ``retries`` setting (``total_max_attempts`` counts the first call, like ``AWS_MAX_ATTEMPTS``):
+    mode from ``AWS_RETRY_MODE`` (default adaptive), attempts from
+    ``AWS_MAX_ATTEMPTS`` (default :data:`S3_MAX_ATTEMPTS`); a bad value is an error naming the variable."""
+    mode = os.environ.get("AWS_RETRY_MODE") or S3_RETRY_MODE
+    if mode not in ("adaptive", "standard", "legacy"):
+        raise StorageError(f"AWS_RETRY_MODE={mode!r}: expected adaptive, standard or legacy")
+    raw = os.environ.get("AWS_MAX_ATTEMPTS")
+    try:
+        attempts = int(raw) if raw else S3_MAX_ATTEMPTS
+    except ValueError:
+        raise StorageError(f"AWS_MAX_ATTEMPTS={raw!r}: expected an integer >= 1") from None
+    if attempts < 1:
+        raise StorageError(f"AWS_MAX_ATTEMPTS={raw!r}: expected an integer >= 1")
+    return {"mode": mode, "total_max_attempts": attempts}   # botocore's "max_attempts" would count retries only
 
 
 def get_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -95,6 +125,9 @@ def pyarrow_fs(uri: str):
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region:
             kwargs["region"] = region
+        # pyarrow has no adaptive mode: the standard strategy with the same attempt count
+        kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(
+            max_attempts=s3_retry_config()["total_max_attempts"])
         return pafs.S3FileSystem(**kwargs), strip_scheme(uri)
     fs, path = get_fs(uri)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
@@ -107,15 +140,18 @@ def join(base: str, *parts: str) -> str:
 
 
 def with_retry(fn: Callable[[], T], what: str, retries: int = RETRIES) -> T:
-    """Run ``fn`` retrying transient errors (connection, throttling) with exponential back-off."""
+    """Run ``fn``; retry (exponential back-off) only errors whose type says they are transient
+    (:data:`TRANSIENT_ERRORS`), counted in ``retry_counter``. S3 calls were already retried by botocore
+    (:func:`s3_retry_config`), so an S3 client error that reaches here is final: it becomes a
+    :class:`StorageError` naming ``what``. Missing files, permissions and the like are raised at once."""
     delay = BACKOFF_S
     for attempt in range(retries):
         try:
             return fn()
-        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError):
             raise
-        except (ConnectionError, TimeoutError, OSError) as e:
-            if attempt == retries - 1 or not _transient(e):
+        except TRANSIENT_ERRORS:
+            if attempt == retries - 1:
                 raise
             retry_counter["retries"] += 1
             time.sleep(delay)
@@ -123,19 +159,8 @@ def with_retry(fn: Callable[[], T], what: str, retries: int = RETRIES) -> T:
         except Exception as e:  # noqa: BLE001 - S3 client errors become a StorageError naming what was done
             if not is_storage_client_error(e):
                 raise
-            low = f"{type(e).__name__} {e}".lower()   # the client already retried connection errors itself
-            if attempt == retries - 1 or not _transient(e) or "credential" in low or "endpoint" in low:
-                raise StorageError(f"{what}: {describe_error(e)}") from None
-            retry_counter["retries"] += 1
-            time.sleep(delay)
-            delay *= 2
+            raise StorageError(f"{what}: {describe_error(e)}") from None
     raise AssertionError("unreachable")
-
-
-def _transient(e: BaseException) -> bool:
-    text = f"{type(e).__name__} {e}".lower()
-    return any(w in text for w in ("timeout", "timed out", "connection", "throttl", "slowdown",
-                                   "503", "500", "reset", "temporar"))
 
 
 @contextlib.contextmanager
@@ -369,6 +394,7 @@ def check_access(uri: str, write: bool = False) -> None:
     bucket = path.split("/", 1)[0]
     try:
         fs.ls(bucket, refresh=True)
+        fs.invalidate_cache(bucket)     # a probe: leave no listing cached that a later write would make stale
     except FileNotFoundError:
         raise StorageError(f"{uri}: bucket {bucket!r} does not exist (endpoint "
                            f"{os.environ.get('AWS_ENDPOINT_URL', 'AWS default')})") from None

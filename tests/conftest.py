@@ -129,3 +129,100 @@ def ray_session(s3_server):
              log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_two_nodes(s3_server, tmp_path_factory):
+    """A real two-node Ray cluster on this machine: a head on 127.0.0.2 and a worker on 127.0.0.3, each a
+    ``ray start --block`` process with 1 CPU, its own custom resource (``node_a`` / ``node_b``) and its own temp
+    dir, with token authentication on (one random ``RAY_AUTH_TOKEN``). The nodes' environment carries the moto
+    S3 endpoint (``S3_ENV`` + ``AWS_ENDPOINT_URL``): processes of a cluster one only connects to inherit the
+    raylet's environment, not the driver's.
+
+    Yields ``{"address": "127.0.0.2:P", "env": {...}, "ips": (...), "log_dir": Path}``. Run drivers as
+    subprocesses with ``env`` (the auth variables live there, not in this process's ``os.environ``, so they
+    never leak into the session's own ``ray_session`` or into other tests' ``ray`` CLI calls). Both processes
+    are terminated by their pids at the end (SIGTERM: ``ray start --block`` then stops its own children);
+    never ``ray stop``, which would kill every Ray on the host."""
+    import secrets
+    import shutil
+    import signal
+    import tempfile
+
+    head_ip, worker_ip = "127.0.0.2", "127.0.0.3"
+    log_dir = tmp_path_factory.mktemp("ray_two_nodes")
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, **S3_ENV, "AWS_ENDPOINT_URL": s3_server, "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60",
+           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",   # SIGTERM: stop at once (no drain wait)
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(k, None)
+
+    def free_port(ip: str) -> int:
+        with socket.socket() as s:
+            s.bind((ip, 0))
+            return s.getsockname()[1]
+
+    port = free_port(head_ip)
+    address = f"{head_ip}:{port}"
+    # Short private temp dirs (unix socket paths are limited to ~107 bytes); a private head temp dir also keeps
+    # /tmp/ray/ray_current_cluster untouched, so no other `ray.init()` on the host attaches to this cluster.
+    temp_dirs = [tempfile.mkdtemp(prefix="ray2n-", dir="/tmp") for _ in range(2)]
+    common = ["--block", "--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
+    cmds = {
+        "head": [ray_bin, "start", "--head", f"--node-ip-address={head_ip}", f"--port={port}",
+                 f"--ray-client-server-port={free_port(head_ip)}", "--include-dashboard=false",
+                 '--resources={"node_a": 1}', f"--temp-dir={temp_dirs[0]}", *common],
+        "worker": [ray_bin, "start", f"--address={address}", f"--node-ip-address={worker_ip}",
+                   '--resources={"node_b": 1}', f"--temp-dir={temp_dirs[1]}", *common],
+    }
+    procs: dict[str, subprocess.Popen] = {}
+
+    def tail(name: str) -> str:
+        return (log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def wait_started(name: str, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if "Ray runtime started" in (log_dir / f"{name}.log").read_text(errors="replace"):
+                return
+            if procs[name].poll() is not None:
+                break
+            time.sleep(0.5)
+        pytest.fail(f"ray start ({name}) did not come up:\n{tail(name)}")
+
+    def stop() -> None:
+        for name in ("worker", "head"):
+            p = procs.get(name)
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:   # last resort: its own process group (gcs, raylet, workers)
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+        for d in temp_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+    try:
+        for name in ("head", "worker"):
+            with open(log_dir / f"{name}.log", "wb") as out:
+                procs[name] = subprocess.Popen(cmds[name], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, start_new_session=True)
+            wait_started(name)
+        probe = ("import ray, sys, time\n"
+                 f"ray.init(address={address!r}, log_to_driver=False)\n"
+                 "deadline = time.time() + 60\n"
+                 "while sum(n['Alive'] for n in ray.nodes()) < 2 and time.time() < deadline:\n"
+                 "    time.sleep(0.5)\n"
+                 "print(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']))\n")
+        r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+        if r.returncode != 0 or f"['{head_ip}', '{worker_ip}']" not in r.stdout:
+            pytest.fail(f"two Ray nodes are not alive:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}\n{tail('head')}")
+        yield {"address": address, "env": env, "ips": (head_ip, worker_ip), "log_dir": log_dir}
+    finally:
+        stop()

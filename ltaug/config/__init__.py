@@ -71,6 +71,11 @@ def _as_paths(paths: ConfigPaths) -> list[str]:
 
 
 def load_config(paths: ConfigPaths = None, overrides: Sequence[str] = ()) -> Config:
+    """See :func:`load_config_sources` (without the provenance)."""
+    return load_config_sources(paths, overrides)[0]
+
+
+def load_config_sources(paths: ConfigPaths = None, overrides: Sequence[str] = ()) -> tuple[Config, dict[str, str]]:
     """The config of YAML files ``paths`` (none, one, or several layered) and ``--set`` ``overrides``.
 
     Layering: later files deep-merge over earlier ones (a section in a later file updates the keys it
@@ -78,7 +83,7 @@ def load_config(paths: ConfigPaths = None, overrides: Sequence[str] = ()) -> Con
     is replaced whole), then each ``KEY=VALUE`` override applies in order. Every key is checked against
     the schema as it is applied (:func:`~ltaug.config.schema.assign`, the same core as :func:`with_values`),
     then :func:`~ltaug.config.schema.build` validates the values. Errors name the file or the ``--set``
-    that gave the offending key.
+    that gave the offending key. Also returns ``{dotted key: the file or --set that set it}``.
     """
     files = _as_paths(paths)
     data: dict[str, Any] = {}
@@ -92,9 +97,34 @@ def load_config(paths: ConfigPaths = None, overrides: Sequence[str] = ()) -> Con
             raise ConfigError(f"{path}: {e}") from None
     data = apply_overrides(data, list(overrides), Config, provenance=provenance)
     try:
-        return build(Config, data)
+        return build(Config, data), provenance
     except ConfigError as e:
         raise ConfigError(_name_source(str(e), provenance, files)) from None
+
+
+# Keys the resolved config ignores: (ignored key, the key that wins, when it wins, jobs it applies to (() = all)).
+# Only clear cases; the keys of a switched-off guidance (scale 0) are fine to set and are not listed.
+IGNORED_KEYS: tuple[tuple[str, str, Any, tuple[str, ...]], ...] = (
+    ("classifier.steps", "classifier.epochs", lambda c: c.classifier.epochs > 0, ()),
+    ("sample.eta", "sample.sampler", lambda c: c.sample.sampler == "ddpm", ()),
+    ("sample.variance", "sample.sampler", lambda c: c.sample.sampler == "ddim", ()),
+    ("train.sample_every", "train.steps", lambda c: c.train.sample_every >= c.train.steps, ()),
+    ("train.steps", "pipeline.diffusion_steps", lambda c: c.pipeline.diffusion_steps > 0, ("pipeline",)),
+    ("train.steps", "tune.train_steps", lambda c: c.tune.train_steps > 0, ("tune",)),
+)
+
+
+def ignored_keys(cfg: Config, given: Mapping[str, str] | Sequence[str], job: str = "") -> list[str]:
+    """One warning per key the user set (``given``: dotted keys, e.g. the provenance of
+    :func:`load_config_sources`) that ``cfg`` ignores for ``job``, naming the key that wins."""
+    out = []
+    for key, winner, when, jobs in IGNORED_KEYS:
+        if key in given and (not jobs or job in jobs) and when(cfg):
+            section, name = winner.split(".")
+            value = getattr(getattr(cfg, section), name)
+            src = f" (from {given[key]})" if isinstance(given, Mapping) and given[key] else ""
+            out.append(f"{key}{src} is ignored: {winner}={value} wins")
+    return out
 
 
 _KEY_AT_START = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*")
@@ -157,7 +187,7 @@ def digest(cfg: Config | dict[str, Any], length: int = 10) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
-__all__ = ["Config", "ConfigError", "load_config", "load_yaml", "from_dict", "config_to_yaml", "public_dict",
+__all__ = ["Config", "ConfigError", "load_config", "load_config_sources", "ignored_keys", "IGNORED_KEYS", "load_yaml", "from_dict", "config_to_yaml", "public_dict",
            "flat_params", "digest", "with_values", "describe", "DataConfig", "RunConfig", "TrackingConfig",
            "ResourcesConfig", "ModelConfig", "DiffusionConfig", "LossConfig", "TrainConfig",
            "SampleConfig", "GuidanceConfig", "ClassifierConfig", "FilterConfig", "EvalConfig",

@@ -6,13 +6,20 @@ from dataclasses import dataclass
 from .schema import ConfigError, F
 
 SOURCES = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "imagenet_lt", "webdataset")
+BENCHMARK_SOURCES = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")  # balanced: cut to a long tail
+USER_SOURCES = ("imagefolder", "imagenet_lt", "webdataset")     # your own data: kept as it is unless asked
+SOURCE_DEFAULT_RATIO = {**{s: 10.0 for s in BENCHMARK_SOURCES}, **{s: 1.0 for s in USER_SOURCES}}
 
 
 @dataclass(frozen=True)
 class DataConfig:
     source: str = F("digits", choices=SOURCES, help="dataset source")
     root: str = F("", help="local path or s3:// URI of the dataset (unused for digits)")
-    imbalance_ratio: float = F(10.0, ge=1.0, help="r = n_max / n_min of the long-tailed train set (1 = keep all)")
+    imbalance_ratio: float = F(0.0, ge=0.0,
+                               help="r = n_max / n_min of the long-tailed train set; 1 = keep every image (the natural "
+                                    "distribution); 0 = the source's default: 10 for the balanced benchmark sources "
+                                    "(digits, mnist, fashion_mnist, cifar10, cifar100), 1 for your own data "
+                                    "(imagefolder, imagenet_lt, webdataset: never re-cut unless you ask)")
     profile: str = F("exp", choices=("exp", "step"), help="long-tail profile: exponential (Cao et al.) or step")
     step_fraction: float = F(0.5, gt=0.0, lt=1.0, help="step profile: fraction of classes that are minority")
     max_per_class: int = F(0, ge=0, help="n_max: head-class count before the profile (0 = all available)")
@@ -38,7 +45,15 @@ class DataConfig:
     test_list: str = F("ImageNet_LT_test.txt", help="imagenet_lt: test list file (relative to root)")
     cache_dir: str = F("", help="where dataset artifacts are cached (local or s3://); '' = <run.output_dir>/datasets")
 
+    @property
+    def ratio(self) -> float:
+        """The imbalance ratio in effect: ``imbalance_ratio``, or the source's default when it is 0."""
+        return float(self.imbalance_ratio) or SOURCE_DEFAULT_RATIO[self.source]
+
     def validate(self, prefix: str) -> None:
+        if 0.0 < self.imbalance_ratio < 1.0:
+            raise ConfigError(f"{prefix}.imbalance_ratio: {self.imbalance_ratio!r} is out of range; allowed: 0 "
+                              f"(the source's default) or >= 1.0")
         if self.few_threshold > self.many_threshold:
             raise ConfigError(f"{prefix}.few_threshold ({self.few_threshold}) must be <= "
                               f"{prefix}.many_threshold ({self.many_threshold})")

@@ -12,7 +12,9 @@ Layout of ``<root>/<source>-<digest>/`` (``root``: a local path or an ``s3://`` 
     meta.json           written last, the commit marker: format, digest, source, num_classes,
                         class_names, image_size, channels, groups, per split {count, class_counts,
                         skipped, source}, val_held_out (per class: validation images taken out of
-                        the profile's train images), the data config, build_id
+                        the profile's train images), profile (what the long-tail profile kept
+                        and dropped, with a warning when it drops more than half), the data
+                        config, build_id
 
 Row i of a split's three arrays is one image, so a split can be read in row ranges or streamed
 (e.g. ``ray.data.read_numpy`` over the three files). Each array is written atomically and
@@ -61,8 +63,10 @@ class ArtifactError(DataError):
 
 
 def dataset_digest(dcfg: DataConfig) -> str:
-    """Stable short digest of the data keys that change the arrays or their metadata."""
+    """Stable short digest of the data keys that change the arrays or their metadata. ``imbalance_ratio`` enters
+    as the ratio in effect (0 = the source's default), so ``0`` and the default's value share one artifact."""
     data = {k: v for k, v in asdict(dcfg).items() if k not in DIGEST_EXCLUDE}
+    data["imbalance_ratio"] = dcfg.ratio
     text = json.dumps({"format": FORMAT_VERSION, "data": data}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:DIGEST_LENGTH]
 
@@ -111,8 +115,9 @@ def open_artifact(uri: str) -> LTDataset:
         local = _local_copy(uri, raw)
         _check_arrays(local, meta)
     sets = {split: _open_split(local, meta, split) for split in SPLITS}
+    profile = meta.get("profile") if isinstance(meta.get("profile"), dict) else {}
     return LTDataset(train=sets["train"], test=sets["test"], groups={k: list(v) for k, v in meta["groups"].items()},
-                     val=sets["val"], val_held_out=tuple(int(h) for h in meta["val_held_out"]))
+                     val=sets["val"], val_held_out=tuple(int(h) for h in meta["val_held_out"]), profile=profile)
 
 
 def load_data(dcfg: DataConfig, root: str) -> tuple[LTDataset, str]:
@@ -135,7 +140,8 @@ def _meta(dcfg: DataConfig, data: LTDataset, digest: str) -> dict[str, Any]:
     return {"format": FORMAT_VERSION, "digest": digest, "source": dcfg.source, "num_classes": data.num_classes,
             "class_names": list(data.train.class_names), "image_size": data.train.image_size,
             "channels": data.train.channels, "groups": data.groups, "splits": splits,
-            "val_held_out": list(data.val_held_out) or [0] * data.num_classes, "data": public,
+            "val_held_out": list(data.val_held_out) or [0] * data.num_classes, "profile": dict(data.profile),
+            "data": public,
             "build_id": uuid.uuid4().hex}
 
 

@@ -16,13 +16,20 @@ import numpy as np
 
 from .. import storage
 from .sources.common import MAX_CLASSES, MAX_MEMBER_BYTES, DataError, check_num_classes, is_hidden, resize
-from .sources.images import ImageDecodeError, decode, stack
+from .sources.images import ImageDecodeError, decode, progress, stack
 from .types import ImageSet
 
 log = logging.getLogger("ltaug.data")
 IMAGE_KEYS = ("png", "jpg", "jpeg")
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")   # what tarfile streams (any compression)
-PLAN_FILE, MANIFEST_FILE = "_plan.json", "manifest.json"             # of a generation output (ltaug.generate)
+# Bookkeeping of a generation output (ltaug.generate): the hidden .ltaug/ folder, else the earlier layout
+PLAN_FILES = (".ltaug/plan.json", "_plan.json")
+MANIFEST_FILES = (".ltaug/manifest.json", "manifest.json")
+PLAN_FILE, MANIFEST_FILE = PLAN_FILES[0], MANIFEST_FILES[0]
+
+
+def _first_existing(uri: str, names: tuple[str, ...]) -> str | None:
+    return next((storage.join(uri, n) for n in names if storage.exists(storage.join(uri, n))), None)
 
 
 class UnsafeShardError(DataError):
@@ -106,17 +113,18 @@ def iter_samples(shard: str) -> Iterator[dict[str, Any]]:
 def check_manifest(uri: str, shards: list[str]) -> dict[str, Any] | None:
     """The manifest of a generation output at ``uri`` (checked against the shards found), or None.
 
-    A directory with ``_plan.json`` is a generation output: without ``manifest.json`` it is unfinished (a
+    A directory with a plan file (``.ltaug/plan.json``, or ``_plan.json`` of earlier versions) is a generation
+    output: without a manifest (``.ltaug/manifest.json`` / ``manifest.json``) it is unfinished (a
     killed or running job) and is refused; a manifest not marked complete, or whose shard list differs from
     the shards present, is refused too. A plain directory of shards (no plan, no manifest) is read as it is,
     with a warning saying so."""
     if uri.endswith(SHARD_SUFFIXES):
         log.warning("%s: reading one shard file; no manifest checks that it is complete", uri)
         return None
-    man_uri, plan_uri = storage.join(uri, MANIFEST_FILE), storage.join(uri, PLAN_FILE)
-    if not storage.exists(man_uri):
-        if storage.exists(plan_uri):
-            raise DataError(f"{uri}: an unfinished generation output ({plan_uri} but no {MANIFEST_FILE}; "
+    man_uri, plan_uri = _first_existing(uri, MANIFEST_FILES), _first_existing(uri, PLAN_FILES)
+    if man_uri is None:
+        if plan_uri is not None:
+            raise DataError(f"{uri}: an unfinished generation output ({plan_uri} but no manifest.json; "
                             f"{len(shards)} shard(s) present): the generate job was killed or is still running. "
                             f"Re-run it with the same config to finish, then read the shards")
         return None
@@ -161,8 +169,11 @@ def read_shards(uri: str, image_size: int, channels: int = 0, on_bad: str = "err
         skipped += 1
         log.warning("skipping: %s", msg)
 
+    total = int((manifest or {}).get("written") or 0) or None
+    bar = progress(None, total, f"shards:{uri.rsplit('/', 1)[-1]}", "sample")
     for shard in shards:
         for s in iter_samples(shard):
+            bar.update(1)
             where = f"{shard} key {s['__key__']!r}"
             img_ext = next((k for k in IMAGE_KEYS if k in s), None)
             if img_ext is None or "cls" not in s:
@@ -196,23 +207,27 @@ def read_shards(uri: str, image_size: int, channels: int = 0, on_bad: str = "err
             labels.append(label)
             if with_meta:
                 metas.append(meta)
+    bar.close()
     if skipped:
         log.warning("%s: skipped %d bad sample(s)", uri, skipped)
     if manifest is not None:
         want = list((manifest.get("per_class") or {}).get("kept") or [])
         got = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(want)).tolist() if labels else [0] * len(want)
         if want and got != want and not skipped:
-            raise DataError(f"{uri}: the shards hold per-class counts {got} but {MANIFEST_FILE} says {want}; the "
+            raise DataError(f"{uri}: the shards hold per-class counts {got} but its manifest says {want}; the "
                             f"output was changed after it was written: run generate --verify")
     elif not uri.endswith(SHARD_SUFFIXES):
-        log.warning("%s: no %s: read %d sample(s) from %d shard(s) as they are; nothing checks they are complete",
-                    uri, MANIFEST_FILE, len(labels), len(shards))
+        log.warning("%s: no manifest.json: read %d sample(s) from %d shard(s) as they are; nothing checks they are "
+                    "complete", uri, len(labels), len(shards))
     arr = stack(images, uri) if images else np.zeros((0, image_size, image_size, max(channels, 1)), np.uint8)
     n_cls = num_classes if num_classes is not None else (max(labels) + 1 if labels else 0)
     if manifest is not None and num_classes is None and manifest.get("per_class", {}).get("kept"):
         n_cls = max(n_cls, len(manifest["per_class"]["kept"]))
-    out = ImageSet(arr, np.asarray(labels, dtype=np.int64), n_cls, tuple(str(i) for i in range(n_cls)),
-                   f"shards:{uri}", skipped)
+    names = tuple(str(i) for i in range(n_cls))
+    listed = (manifest or {}).get("class_names")
+    if isinstance(listed, list) and len(listed) == n_cls:      # class names travel with a generation output
+        names = tuple(str(n) for n in listed)
+    out = ImageSet(arr, np.asarray(labels, dtype=np.int64), n_cls, names, f"shards:{uri}", skipped)
     return (out, metas) if with_meta else out
 
 

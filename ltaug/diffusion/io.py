@@ -21,13 +21,33 @@ def make_grid(images: np.ndarray, nrow: int, pad: int = 1) -> np.ndarray:
     return out
 
 
-def save_grid_png(images: np.ndarray, path: str, nrow: int, scale: int = 1) -> str:
-    from PIL import Image
+MIN_CELL_PX = 64   # grids are upscaled (nearest) until one image is at least this many pixels wide
+
+
+def save_grid_png(images: np.ndarray, path: str, nrow: int, scale: int = 1,
+                  row_labels: "list[str] | tuple[str, ...] | None" = None, min_cell: int = MIN_CELL_PX) -> str:
+    """A class-major grid PNG: ``nrow`` images per row, one class per row, each row labelled on the left
+    (``row_labels``; default ``class 0``, ``class 1``, ... by row), upscaled by at least ``scale`` and until a
+    cell is ``min_cell`` pixels."""
+    from PIL import Image, ImageDraw, ImageFont
 
     g = make_grid(images, nrow)
+    h = images.shape[1] if len(images) else 1
+    scale = max(scale, math.ceil(min_cell / max(h, 1)))
     if scale > 1:
         g = g.repeat(scale, 0).repeat(scale, 1)
-    Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g).save(path)
+    img = Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g).convert("RGB")
+    rows = max(1, math.ceil(len(images) / nrow))
+    labels = list(row_labels) if row_labels is not None else [f"class {r}" for r in range(rows)]
+    font = ImageFont.load_default()
+    margin = 8 + max((int(ImageDraw.Draw(img).textlength(str(t), font=font)) for t in labels), default=0)
+    out = Image.new("RGB", (img.width + margin, img.height), (255, 255, 255))
+    out.paste(img, (margin, 0))
+    draw = ImageDraw.Draw(out)
+    cell = (h + 1) * scale
+    for r, text in enumerate(labels[:rows]):
+        draw.text((4, scale + r * cell + cell // 2 - 6), str(text), fill=(0, 0, 0), font=font)
+    out.save(path)
     return path
 
 

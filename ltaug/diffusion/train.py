@@ -130,7 +130,7 @@ def train_diffusion(cfg, data, world, ckpt_dir: str | None, *, feature_space: Fe
     objective = DiffusionObjective(schedule, loss, x0, y, batches, C, label_drop=cfg.loss.label_drop, prior=prior,
                                    gather=_world_gather(world))
     extra = {"num_classes": C, "channels": train.channels, "image_size": train.image_size,
-             "counts": list(counts.counts), "spec": _spec_dict(model.spec)}
+             "counts": list(counts.counts), "class_names": list(train.class_names), "spec": _spec_dict(model.spec)}
     every = []
     if on_grid is not None:
         draw = grid_sampler(cfg, schedule, C, extractor=feature_space.extractor if feature_space else None)

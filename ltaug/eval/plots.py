@@ -63,30 +63,58 @@ def class_histogram(real_counts: Sequence[int], path: str, synthetic_counts: Seq
     return _save(fig, path)
 
 
-def per_class_accuracy(accuracy: Sequence[float | None], path: str, baseline: Sequence[float | None] | None = None,
-                       groups: Mapping[str, Sequence[int]] | None = None, title: str = "per-class top-1") -> str:
-    """Per-class accuracy (augmented) beside the baseline's; group boundaries shaded by many/medium/few."""
+METHOD_COLORS = ("tab:gray", "tab:purple", "tab:brown", "tab:olive", "tab:cyan", "tab:pink", "tab:red")
+GROUP_ORDER = ("many", "medium", "few")
+
+
+def _as_float(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([np.nan if a is None else a for a in values], dtype=float)
+
+
+def per_class_accuracy(accuracy: Sequence[float | None] | None, path: str,
+                       baseline: Sequence[float | None] | None = None,
+                       groups: Mapping[str, Sequence[int]] | None = None, title: str = "per-class top-1",
+                       methods: Mapping[str, Sequence[float | None]] | None = None) -> str:
+    """Per-class top-1 of every method side by side (``methods``: name -> per-class accuracy, in legend order;
+    without it ``baseline`` and ``accuracy`` as "baseline" / "augmented"); columns shaded by many / medium /
+    few, each group's mean per method marked as a dashed line over the group and listed in a table below;
+    the legend sits outside the axes so it never hides the few classes."""
     plt = _plt()
-    acc = np.array([np.nan if a is None else a for a in accuracy], dtype=float)
-    k = np.arange(len(acc))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(acc)), 3.5))
+    if methods is None:
+        methods = {**({"baseline": baseline} if baseline is not None else {}),
+                   **({"augmented" if baseline is not None else "top-1": accuracy} if accuracy is not None else {})}
+    names = list(methods)
+    accs = [_as_float(methods[n]) for n in names]
+    K = len(accs[0]) if accs else 0
+    k = np.arange(K)
+    colors = {n: ("tab:blue" if n.startswith("augmented") or len(names) == 1 else
+                  METHOD_COLORS[i % len(METHOD_COLORS)]) for i, n in enumerate(names)}
+    fig, ax = plt.subplots(figsize=(min(max(6.0, 0.12 * K * max(1, len(names)) + 3.5), 22), 4.2))
     _shade_groups(ax, groups)
-    w = 0.4 if baseline is not None else 0.8
-    if baseline is not None:
-        base = np.array([np.nan if a is None else a for a in baseline], dtype=float)
-        ax.bar(k - w / 2, base, width=w, color="tab:gray", label="baseline")
-        ax.bar(k + w / 2, acc, width=w, color="tab:blue", label="augmented")
-        ax.legend(fontsize=7)
-    else:
-        ax.bar(k, acc, width=w, color="tab:blue")
-        if groups:
-            ax.legend(fontsize=7)
-    ax.set_ylim(0, 1)
-    if len(acc) <= 30:
+    w = 0.8 / max(1, len(names))
+    for i, (n, a) in enumerate(zip(names, accs)):
+        ax.bar(k - 0.4 + w * (i + 0.5), a, width=w, color=colors[n], label=n)
+    means: dict[str, list[str]] = {n: [] for n in names}
+    for g in [g for g in GROUP_ORDER if g in (groups or {})] + [g for g in (groups or {}) if g not in GROUP_ORDER]:
+        cls = list((groups or {})[g])
+        if not cls:
+            continue
+        for n, a in zip(names, accs):
+            m = float(np.nanmean(a[cls])) if np.isfinite(a[cls]).any() else float("nan")
+            ax.hlines(m, min(cls) - 0.45, max(cls) + 0.45, colors=colors[n], linestyles="--", lw=1.2, zorder=3)
+            means[n].append(f"{g} {'–' if not np.isfinite(m) else f'{100 * m:.1f}'}")
+    for bar_label, n in zip(ax.containers, names):   # group means in the legend: "name — many 52.1  few 81.5"
+        if means[n]:
+            bar_label.set_label(f"{n}\n   " + "  ".join(means[n]))
+    ax.set_ylim(0, 1.05)
+    ax.set_xlim(-0.6, K - 0.4)
+    if K <= 40:
         ax.set_xticks(k)
-    ax.set_xlabel("class")
+        ax.tick_params(axis="x", labelsize=7 if K > 20 else 9)
+    ax.set_xlabel("class   (dashed lines: group mean of each method; means in % in the legend)")
     ax.set_ylabel("top-1")
     ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     return _save(fig, path)
 
 
@@ -136,8 +164,12 @@ def sample_grid(images: np.ndarray, labels: Sequence[int], path: str, num_classe
 
 
 def distance_histogram(distances: Sequence[float], radii: Sequence[float], categories: Sequence[int], path: str,
-                       title: str = "distance to class centre / d_f") -> str:
-    """Histogram of ``d / d_f(y)`` coloured by ID / AID / OOD, with the thresholds 1 and 2 marked."""
+                       title: str = "distance to class centre / d_f",
+                       dropped: Mapping[str, int] | None = None, kept: Sequence[bool] | None = None) -> str:
+    """Histogram of ``d / d_f(y)`` of *all* scored samples coloured by ID / AID / OOD, the thresholds 1 and 2
+    marked. ``kept`` (per sample) hatches what the filter drops and counts it in the legend; ``dropped``
+    (category -> count) adds samples whose distances are not at hand (dropped before they were stored) to the
+    legend counts, so a filtered category never reads as 0."""
     plt = _plt()
     d = np.asarray(distances, float) / np.maximum(np.asarray(radii, float), 1e-12)
     cat = np.asarray(categories, np.int64)
@@ -145,13 +177,22 @@ def distance_histogram(distances: Sequence[float], radii: Sequence[float], categ
     finite = d[np.isfinite(d)]
     hi = float(max(3.0, np.quantile(finite, 0.99))) if len(finite) else 3.0
     bins = np.linspace(0, hi, 40)
+    keep = np.ones(len(d), bool) if kept is None else np.asarray(kept, bool)
+    extra = dict(dropped or {})
     for i, (name, color) in enumerate(CATEGORY_COLORS.items()):
-        sel = np.clip(d[cat == i], 0, hi)
-        ax.hist(sel, bins=bins, color=color, alpha=0.8, label=f"{name.upper()} ({len(sel)})")
+        n_drop = int((~keep[cat == i]).sum()) + int(extra.get(name, 0))
+        n_all = int((cat == i).sum()) + int(extra.get(name, 0))
+        label = f"{name.upper()} ({n_all}" + (f", {n_drop} dropped)" if n_drop else ")")
+        ax.hist(np.clip(d[(cat == i) & keep], 0, hi), bins=bins, color=color, alpha=0.8, label=label)
+        if (~keep[cat == i]).any():
+            ax.hist(np.clip(d[(cat == i) & ~keep], 0, hi), bins=bins, color=color, alpha=0.35, hatch="//",
+                    edgecolor="k", lw=0.3)
+    n_extra = sum(int(v) for v in extra.values())
     for t in (1.0, 2.0):
         ax.axvline(t, color="k", ls="--", lw=0.8)
-    ax.set_xlabel("d / d_f")
+    ax.set_xlabel("d / d_f" + (f"   ({n_extra} dropped by the filter: counted, distances not stored)"
+                                if n_extra else ""), fontsize=9 if n_extra else None)
     ax.set_ylabel("images")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize=8)
     return _save(fig, path)

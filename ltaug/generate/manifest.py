@@ -1,8 +1,10 @@
 """Output bookkeeping of generation: the plan file, the manifest, resume and ``verify``.
 
-An output directory (local or s3://) holds ``_plan.json`` (the plan and its digest), ``gen-<digest8>-
-<shard>.tar`` shards, ``_stats/<shard>.json`` per published shard and, once every shard is published,
-``manifest.json`` (per-class requested / generated / kept / dropped). A directory belongs to one plan:
+An output directory (local or s3://) holds the ``gen-<digest8>-<shard>.tar`` shards and nothing else a
+reader would open; the bookkeeping is in the hidden ``.ltaug/`` folder: ``plan.json`` (the plan and its
+digest), ``stats/<shard>.json`` per published shard and, once every shard is published, ``manifest.json``
+(per-class requested / generated / kept / dropped, class names, the shared settings). Outputs of earlier
+versions (``_plan.json``, ``_stats/``, ``manifest.json`` beside the tars) are read, resumed and verified. A directory belongs to one plan:
 resuming the same plan skips published shards; a different plan is refused with an error naming the
 existing digest. :func:`verify` checks an output against its plan: every planned id present exactly once
 (kept in a shard, or dropped with a reason), no duplicates, no foreign keys, every shard a valid tar
@@ -20,7 +22,7 @@ import numpy as np
 
 from .. import storage
 from .plan import GenerationPlan, parse_key
-from .shards import MANIFEST_FILE, PLAN_FILE, ShardStats, read_stats
+from .shards import LEGACY_MANIFEST_FILE, LEGACY_PLAN_FILE, MANIFEST_FILE, PLAN_FILE, ShardStats, read_stats
 
 MAX_PLAN_BYTES = 64 << 20   # a plan is small; anything bigger is not ours
 SHARD_RE = re.compile(r"gen-([0-9a-f]{8})-(\d{6})\.tar$")
@@ -35,9 +37,30 @@ def plan_uri(output_uri: str) -> str:
     return storage.join(output_uri, PLAN_FILE)
 
 
+def existing_plan_uri(output_uri: str) -> str | None:
+    """The plan file of ``output_uri`` (``.ltaug/plan.json``, else an earlier version's ``_plan.json``)."""
+    for uri in (plan_uri(output_uri), storage.join(output_uri, LEGACY_PLAN_FILE)):
+        if storage.exists(uri):
+            return uri
+    return None
+
+
+def manifest_uri(output_uri: str) -> str:
+    return storage.join(output_uri, MANIFEST_FILE)
+
+
+def existing_manifest_uri(output_uri: str) -> str | None:
+    """The manifest of ``output_uri`` (``.ltaug/manifest.json``, else an earlier version's ``manifest.json``
+    when that output has the earlier plan file too)."""
+    if storage.exists(manifest_uri(output_uri)):
+        return manifest_uri(output_uri)
+    legacy = storage.join(output_uri, LEGACY_MANIFEST_FILE)
+    return legacy if storage.exists(legacy) else None
+
+
 def read_plan(output_uri: str) -> GenerationPlan | None:
-    uri = plan_uri(output_uri)
-    if not storage.exists(uri):
+    uri = existing_plan_uri(output_uri)
+    if uri is None:
         return None
     try:
         return GenerationPlan.from_dict(storage.load_json(storage.read_bytes(uri, max_bytes=MAX_PLAN_BYTES), uri))
@@ -110,7 +133,7 @@ def release_claim(output_uri: str, plan: GenerationPlan) -> bool:
         existing = read_plan(output_uri)
         if existing is None or existing.digest != plan.digest or list_tars(output_uri):
             return False
-        storage.remove(plan_uri(output_uri))
+        storage.remove(existing_plan_uri(output_uri) or plan_uri(output_uri))
         return True
     except (OSError, PlanConflictError):
         return False
@@ -173,9 +196,14 @@ def prepare_output(output_uri: str, plan: GenerationPlan, *, check: bool = True,
     return intact
 
 
-def build_manifest(plan: GenerationPlan, stats: Iterable[ShardStats]) -> dict[str, Any]:
-    """Per-class counts summed over shard stats, plus the plan identity and the shard list."""
+def build_manifest(plan: GenerationPlan, stats: Iterable[ShardStats],
+                   class_names: Iterable[str] = ()) -> dict[str, Any]:
+    """Per-class counts summed over shard stats, plus the plan identity, the class names, the settings every
+    sample shares and the shard list."""
     C = plan.num_classes
+    names = [str(n) for n in class_names] or [str(c) for c in range(C)]
+    if len(names) != C:
+        raise ValueError(f"build_manifest: {len(names)} class names for {C} classes")
     tot = {k: [0] * C for k in ("requested", "generated", "kept", "dropped")}
     cats: dict[str, int] = {}
     shards = []
@@ -187,7 +215,7 @@ def build_manifest(plan: GenerationPlan, stats: Iterable[ShardStats]) -> dict[st
             cats[cat] = cats.get(cat, 0) + n
         shards.append({"name": st.name, "shard": st.shard, "kept": sum(st.kept.values()), "bytes": st.bytes})
     return {"format": "ltaug-manifest-v1", "plan": plan.digest, "seed": plan.seed, "shard_size": plan.shard_size,
-            "budget": list(plan.budget), "per_class": tot, "categories": cats,
+            "order": plan.order, "num_classes": C, "class_names": names, "budget": list(plan.budget), "per_class": tot, "categories": cats,
             "requested": sum(tot["requested"]), "generated": sum(tot["generated"]),
             "written": sum(tot["kept"]), "dropped": sum(tot["dropped"]), "num_shards": len(shards),
             "complete": len(shards) == plan.num_shards, "shards": shards, "settings": plan.settings}
@@ -198,7 +226,7 @@ def collect_stats(output_uri: str, plan: GenerationPlan, shards: Iterable[int]) 
 
 
 def write_manifest(output_uri: str, manifest: dict[str, Any]) -> str:
-    uri = storage.join(output_uri, MANIFEST_FILE)
+    uri = manifest_uri(output_uri)
     storage.write_bytes(uri, json.dumps(manifest, indent=1, sort_keys=True).encode())
     return uri
 
@@ -242,7 +270,7 @@ def _check_png(data: bytes) -> None:
 
 
 def verify(output_uri: str, decode: bool = True, require_complete: bool = True) -> VerifyReport:
-    """Check an output directory against its own ``_plan.json`` (see the module docstring)."""
+    """Check an output directory against its own plan file (see the module docstring)."""
     from ..data.shards import iter_samples
     from ..data.sources.common import DataError
 
@@ -263,7 +291,6 @@ def verify(output_uri: str, decode: bool = True, require_complete: bool = True) 
             continue
         s = names[base]
         found.append(s)
-        lo, hi = plan.shard_range(s)
         try:
             stats = read_stats(output_uri, base)
         except (FileNotFoundError, ValueError, KeyError) as e:
@@ -278,7 +305,7 @@ def verify(output_uri: str, decode: bool = True, require_complete: bool = True) 
                     rep.problem(f"{uri}: key {key!r} is not in the plan ({e})")
                     rep.bad += 1
                     continue
-                if not lo <= i < hi:
+                if int(plan.shard_of([i])[0]) != s:
                     rep.problem(f"{uri}: key {key!r} (id {i}) belongs to another shard")
                 if seen[i]:
                     rep.duplicates += 1
@@ -329,19 +356,18 @@ def verify(output_uri: str, decode: bool = True, require_complete: bool = True) 
                     f"(first: {plan.shard_name(absent_shards[0])}); re-run the job to resume")
     present = np.zeros(plan.total, bool)
     for s in found:
-        lo, hi = plan.shard_range(s)
-        present[lo:hi] = True
+        present[plan.shard_ids(s)] = True
     gaps = np.flatnonzero(present & (seen == 0))
     rep.missing = int(len(gaps)) + (sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in absent_shards)
                                     if require_complete else 0)
     for i in gaps[:5]:
         r = plan.rows([i])
         rep.problem(f"planned id {int(i)} (key {r['key'][0]}) is neither in a shard nor recorded as dropped")
-    man_uri = storage.join(output_uri, MANIFEST_FILE)
+    man_uri = existing_manifest_uri(output_uri) or manifest_uri(output_uri)
     if storage.exists(man_uri):
         man = storage.load_json(storage.read_bytes(man_uri, max_bytes=MAX_PLAN_BYTES), man_uri)
         if man.get("plan") != plan.digest:
-            rep.problem(f"{man_uri}: manifest of plan {man.get('plan')} but {PLAN_FILE} says {plan.digest}")
+            rep.problem(f"{man_uri}: manifest of plan {man.get('plan')} but the plan file says {plan.digest}")
         elif man.get("per_class", {}).get("kept") != rep.per_class_kept:
             rep.problem(f"{man_uri}: per-class kept {man.get('per_class', {}).get('kept')} but the shards hold "
                         f"{rep.per_class_kept}")
@@ -351,4 +377,4 @@ def verify(output_uri: str, decode: bool = True, require_complete: bool = True) 
 
 
 __all__ = ["PlanConflictError", "prepare_output", "claim_output", "check_claim", "release_claim", "shard_intact", "build_manifest", "collect_stats", "write_manifest", "read_plan",
-           "verify", "VerifyReport", "list_tars", "plan_uri"]
+           "verify", "VerifyReport", "list_tars", "plan_uri", "manifest_uri", "existing_plan_uri", "existing_manifest_uri"]

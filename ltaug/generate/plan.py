@@ -6,8 +6,12 @@ explicit budget) plus a seed. Row ids ``0 .. N-1`` are laid out class-major: row
 from its id (vectorised over arrays of ids), so no list of rows ever exists on the driver. A row's seed
 depends only on ``(seed, c, j)``: raising one class's budget never changes another class's images.
 
-Shards are fixed id ranges ``[s * shard_size, (s + 1) * shard_size)``; a shard is the unit of work and
-of atomic publish. The plan digest names the output: a different plan (budget, seed, checkpoint,
+Shards are fixed slices ``[s * shard_size, (s + 1) * shard_size)`` of the plan's *order*: with
+``order="interleaved"`` (new plans) a seeded permutation of the row ids, so every shard mixes the
+classes (a streaming reader without a shuffle buffer still sees every class); ``order="class"`` (plans
+written before, read back unchanged) is the identity. The permutation sorts the ids by a SplitMix64 hash
+of ``(seed, id)``: a pure function of the plan, identical on every machine and numpy version, so the same
+plan gives the same shards byte for byte. A shard is the unit of work and of atomic publish. The plan digest names the output: a different plan (budget, seed, checkpoint,
 sampler, guidance, filter) has a different digest and never overwrites an earlier output silently.
 """
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 
 PLAN_FORMAT = "ltaug-plan-v1"
+ORDERS = ("interleaved", "class")              # shard order: seeded permutation of the ids, or class-major
+ORDER_SALT = 0x5A4D_0F0E_5EED_0001             # separates the order hash from the row-seed hash
 KEY_RE = re.compile(r"^c(\d{4,})_(\d{7,})$")   # <key> of a row: no dots (WebDataset splits at the first dot)
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -77,18 +83,27 @@ class GenerationPlan:
     seed: int = 0
     shard_size: int = 256
     settings: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    order: str = "class"       # "interleaved" for new plans (from_counts); "class" reads old plans unchanged
 
     def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise ValueError(f"plan order {self.order!r}; choose one of {ORDERS}")
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
         if any(b < 0 for b in self.budget):
             raise ValueError(f"budget {list(self.budget)}: entries must be >= 0")
         object.__setattr__(self, "_offsets", np.concatenate([[0], np.cumsum(self.budget, dtype=np.int64)]))
+        object.__setattr__(self, "_perm", None)
+
+    def __getstate__(self) -> dict[str, Any]:     # the permutation is recomputed where needed, not shipped
+        return {k: v for k, v in self.__dict__.items() if k not in ("_perm", "_inverse")} | {"_perm": None}
 
     @staticmethod
     def from_counts(counts: Sequence[int], target: int = 0, budget: Sequence[int] = (), seed: int = 0,
-                    shard_size: int = 256, settings: dict[str, Any] | None = None) -> "GenerationPlan":
-        return GenerationPlan(budget_from_counts(counts, target, budget), seed, shard_size, dict(settings or {}))
+                    shard_size: int = 256, settings: dict[str, Any] | None = None,
+                    order: str = "interleaved") -> "GenerationPlan":
+        return GenerationPlan(budget_from_counts(counts, target, budget), seed, shard_size, dict(settings or {}),
+                              order)
 
     # ---------------------------------------------------------------- sizes
     @property
@@ -113,8 +128,34 @@ class GenerationPlan:
             raise IndexError(f"shard {s} out of range 0..{self.num_shards - 1}")
         return s * self.shard_size, min((s + 1) * self.shard_size, self.total)
 
+    def permutation(self) -> np.ndarray:
+        """``[N]``: position p of the shard order holds row id ``permutation()[p]`` (computed once, cached)."""
+        if self._perm is None:
+            ids = np.arange(self.total, dtype=np.int64)
+            if self.order == "interleaved":
+                with np.errstate(over="ignore"):
+                    h = _splitmix64(np.full(ids.shape, np.uint64((self.seed ^ ORDER_SALT) & 0xFFFFFFFFFFFFFFFF)))
+                    h = _splitmix64(h ^ ids.astype(np.uint64))
+                ids = np.argsort(h, kind="stable").astype(np.int64)
+            object.__setattr__(self, "_perm", ids)
+        return self._perm
+
+    def shard_ids(self, s: int) -> np.ndarray:
+        """Row ids of shard ``s``, in the order they are written."""
+        lo, hi = self.shard_range(s)
+        return self.permutation()[lo:hi]
+
     def shard_of(self, ids: np.ndarray) -> np.ndarray:
-        return np.asarray(ids, dtype=np.int64) // self.shard_size
+        """The shard that holds each row id."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.order == "class":
+            return ids // self.shard_size
+        inverse = self.__dict__.get("_inverse")
+        if inverse is None:
+            inverse = np.empty(self.total, dtype=np.int64)
+            inverse[self.permutation()] = np.arange(self.total, dtype=np.int64)
+            object.__setattr__(self, "_inverse", inverse)
+        return inverse[ids] // self.shard_size
 
     # ---------------------------------------------------------------- rows
     def rows(self, ids: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
@@ -139,15 +180,18 @@ class GenerationPlan:
 
     # ---------------------------------------------------------------- identity
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, "budget": list(self.budget), "seed": self.seed,
-                "shard_size": self.shard_size, "settings": self.settings}
+        d = {"format": PLAN_FORMAT, "budget": list(self.budget), "seed": self.seed,
+             "shard_size": self.shard_size, "settings": self.settings}
+        if self.order != "class":    # absent in plans written before interleaving: their digest is unchanged
+            d["order"] = self.order
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "GenerationPlan":
         if d.get("format") != PLAN_FORMAT:
             raise ValueError(f"not a generation plan (format {d.get('format')!r})")
         return GenerationPlan(tuple(int(b) for b in d["budget"]), int(d["seed"]), int(d["shard_size"]),
-                              dict(d.get("settings") or {}))
+                              dict(d.get("settings") or {}), str(d.get("order", "class")))
 
     @property
     def digest(self) -> str:
@@ -160,4 +204,4 @@ class GenerationPlan:
         return f"gen-{self.digest[:8]}-{s:06d}.tar"
 
 
-__all__ = ["GenerationPlan", "budget_from_counts", "row_seeds", "make_key", "parse_key", "KEY_RE", "PLAN_FORMAT"]
+__all__ = ["GenerationPlan", "budget_from_counts", "row_seeds", "make_key", "parse_key", "KEY_RE", "PLAN_FORMAT", "ORDERS"]

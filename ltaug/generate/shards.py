@@ -1,11 +1,21 @@
 """Writer side of generation: rows -> WebDataset samples -> one tar per plan shard, published atomically.
 
-A sample is ``<key>.png``, ``<key>.cls`` and ``<key>.json`` (class, seed, sampler and guidance settings,
-filter and minority scores, checkpoint digest). Tars are built in memory in key order with fixed member
+A sample is ``<key>.png``, ``<key>.cls`` and a lean ``<key>.json`` holding only what varies per sample
+(class, index, id, seed, filter category and distance, minority score); the settings every sample shares
+(sampler, guidance, checkpoint digest, filter) are written once, in the plan and the manifest. Tars are
+built in memory in the plan's shard order (a seeded interleaving of the classes) with fixed member
 metadata (mtime 0), so the same plan shard gives byte-identical tars on every run and every machine.
 A shard is published with one atomic write (temp file + rename locally; one PUT on S3): a reader sees the
 whole shard or nothing. Its stats (per-class requested / generated / kept / dropped, dropped keys with
 their reason) are written *before* the tar, so a published tar always has its stats.
+
+Layout of an output folder: only ``*.tar`` shards at the top, so any WebDataset reader opens it as it is
+(``webdataset.WebDataset(tars)``, ``ray.data.read_webdataset(dir)``, Hugging Face
+``load_dataset("webdataset", data_dir=dir)``); ltaug's bookkeeping sits in the hidden folder
+``.ltaug/`` (``plan.json``, ``manifest.json``, ``stats/<shard>.json``), which every one of those readers
+skips (Ray Data's file listing drops relative paths starting with ``.`` or ``_``; ``datasets`` drops hidden
+files and folders). Outputs of earlier versions (``_plan.json``, ``manifest.json`` and ``_stats/`` beside
+the tars) are still read, resumed and verified; new files always go to ``.ltaug/``.
 
 :class:`ShardProducer` is the per-shard unit of work (generate -> filter -> encode); the local job runs it
 in a for-loop, the Ray pipeline in an actor pool. It never writes: :func:`publish_shard` does.
@@ -23,9 +33,14 @@ import numpy as np
 from .. import storage
 from .plan import GenerationPlan
 
-STATS_DIR = "_stats"
-PLAN_FILE = "_plan.json"
-MANIFEST_FILE = "manifest.json"
+META_DIR = ".ltaug"                 # hidden: every WebDataset reader skips it
+STATS_DIR = f"{META_DIR}/stats"
+PLAN_FILE = f"{META_DIR}/plan.json"
+MANIFEST_FILE = f"{META_DIR}/manifest.json"
+LEGACY_STATS_DIR = "_stats"         # layout of earlier versions, read (never written)
+LEGACY_PLAN_FILE = "_plan.json"
+LEGACY_MANIFEST_FILE = "manifest.json"
+SAMPLE_KEYS = ("class", "index", "id", "seed", "category", "distance", "minority_score")  # of <key>.json
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -37,8 +52,9 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def sample_meta(row: dict[str, Any], settings: dict[str, Any], plan_digest: str) -> dict[str, Any]:
-    """The ``<key>.json`` of one row."""
+def sample_meta(row: dict[str, Any], settings: dict[str, Any] | None = None, plan_digest: str = "") -> dict[str, Any]:
+    """The ``<key>.json`` of one row: only what varies per sample (:data:`SAMPLE_KEYS`). ``settings`` and
+    ``plan_digest`` are accepted for compatibility and not repeated per sample (they are in the manifest)."""
     def f(v: Any) -> Any:
         if isinstance(v, (np.floating, float)):
             return None if not np.isfinite(v) else round(float(v), 6)
@@ -50,8 +66,7 @@ def sample_meta(row: dict[str, Any], settings: dict[str, Any], plan_digest: str)
 
     meta = {"class": int(row["label"]), "index": int(row["index"]), "id": int(row["id"]), "seed": int(row["seed"]),
             "category": f(row.get("category", "none")), "distance": f(row.get("distance", float("nan"))),
-            "minority_score": f(row.get("minority_score", float("nan"))), "plan": plan_digest}
-    meta.update({k: v for k, v in settings.items()})
+            "minority_score": f(row.get("minority_score", float("nan")))}
     return meta
 
 
@@ -62,11 +77,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def build_tar(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
-    """``[(key, {ext: bytes})]`` -> tar bytes, samples in key order, members of a sample contiguous."""
+def build_tar(samples: list[tuple[str, dict[str, bytes]]], sort: bool = True) -> bytes:
+    """``[(key, {ext: bytes})]`` -> tar bytes, samples in key order (``sort``) or as given, members of a sample
+    contiguous and in extension order. Keys must be unique (WebDataset readers group members by key)."""
+    if len({k for k, _ in samples}) != len(samples):
+        raise ValueError("build_tar: repeated sample key")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in sorted(samples, key=lambda kv: kv[0]):
+        for key, members in (sorted(samples, key=lambda kv: kv[0]) if sort else samples):
             if "." in key.rsplit("/", 1)[-1]:
                 raise ValueError(f"sample key {key!r} contains a dot (WebDataset splits keys at the first dot)")
             for ext in sorted(members):
@@ -129,11 +147,11 @@ class ShardProducer:
         import time
 
         t0 = time.perf_counter()
-        lo, hi = self.plan.shard_range(shard)
+        ids = self.plan.shard_ids(shard)
         stats = ShardStats(shard, self.plan.shard_name(shard), self.plan.digest)
         samples: list[tuple[str, dict[str, bytes]]] = []
-        for a in range(lo, hi, self.batch_size):
-            rows = self.plan.rows(np.arange(a, min(a + self.batch_size, hi)))
+        for a in range(0, len(ids), self.batch_size):
+            rows = self.plan.rows(ids[a:a + self.batch_size])
             out = self.generator(rows)
             if self.filter is not None:
                 out = self.filter(out)
@@ -160,14 +178,14 @@ class ShardProducer:
                 samples.append((str(out["key"][i]), {"png": encode_png(out["image"][i]),
                                                      "cls": str(int(out["label"][i])).encode(),
                                                      "json": json.dumps(meta, sort_keys=True).encode()}))
-        data = build_tar(samples)
+        data = build_tar(samples, sort=self.plan.order == "class")   # old plans: key order, as before
         stats.bytes = len(data)
         stats.seconds = round(time.perf_counter() - t0, 4)
         return data, stats
 
 
-def stats_uri(output_uri: str, name: str) -> str:
-    return storage.join(output_uri, STATS_DIR, name.replace(".tar", ".json"))
+def stats_uri(output_uri: str, name: str, legacy: bool = False) -> str:
+    return storage.join(output_uri, LEGACY_STATS_DIR if legacy else STATS_DIR, name.replace(".tar", ".json"))
 
 
 def publish_shard(output_uri: str, data: bytes, stats: ShardStats) -> str:
@@ -179,9 +197,13 @@ def publish_shard(output_uri: str, data: bytes, stats: ShardStats) -> str:
 
 
 def read_stats(output_uri: str, name: str) -> ShardStats:
+    """The stats of a published shard (``.ltaug/stats/``, else the earlier layout's ``_stats/``)."""
     uri = stats_uri(output_uri, name)
+    if not storage.exists(uri) and storage.exists(stats_uri(output_uri, name, legacy=True)):
+        uri = stats_uri(output_uri, name, legacy=True)
     return ShardStats.from_dict(storage.load_json(storage.read_bytes(uri, max_bytes=64 << 20), uri))
 
 
 __all__ = ["ShardProducer", "ShardStats", "build_tar", "encode_png", "sample_meta", "publish_shard",
-           "read_stats", "stats_uri", "STATS_DIR", "PLAN_FILE", "MANIFEST_FILE"]
+           "read_stats", "stats_uri", "META_DIR", "STATS_DIR", "PLAN_FILE", "MANIFEST_FILE", "LEGACY_STATS_DIR",
+           "LEGACY_PLAN_FILE", "LEGACY_MANIFEST_FILE", "SAMPLE_KEYS"]

@@ -8,8 +8,9 @@ from typing import Any
 
 from ..classify import load_classifier
 from ..config import Config
-from ..train import resolve_checkpoint, resolve_device
+from ..train import resolve_device
 from .data import stage_data
+from .checks import check_classifier_fits
 from .launcher import Launcher
 from .run import Run
 from .train_classifier import ACC_KEYS, VAL_ACC_KEYS, accuracy_summary, generative_report, read_synthetic
@@ -21,7 +22,7 @@ def evaluate(cfg: Config, run: Run, launcher: Launcher | None = None) -> dict[st
     if not cfg.classifier.checkpoint:
         raise ValueError("classifier.checkpoint: set the classifier to evaluate (a .pt file or checkpoints directory)")
     data, data_uri = stage_data(cfg)
-    ckpt = resolve_checkpoint(cfg.classifier.checkpoint)
+    ckpt = check_classifier_fits("classifier.checkpoint", cfg.classifier.checkpoint, data)
     model, bank = load_classifier(ckpt, resolve_device(cfg.resources))
     acc, rep = accuracy_summary(model, data, cfg.classifier.eval_batch_size)
     summary: dict[str, Any] = {"checkpoint": ckpt, **acc, "per_class": rep["per_class"],

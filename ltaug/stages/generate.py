@@ -33,6 +33,7 @@ class GenerationSetup:
     checkpoint: str            # the resolved diffusion checkpoint file
     checkpoint_digest: str
     classifier: str            # the resolved classifier checkpoint file ("" = no filter)
+    class_names: tuple[str, ...] = ()   # written into the manifest (from the checkpoint, else the dataset)
 
     def producer(self) -> ShardProducer:
         """Built once per worker, in the worker's process (so its device is that process's)."""
@@ -40,6 +41,22 @@ class GenerationSetup:
         gen = ImageGenerator(self.cfg, self.checkpoint, device, checkpoint_digest=self.checkpoint_digest)
         flt = FilterStage(FilterSpec.from_config(self.cfg, self.classifier, str(device)))
         return ShardProducer(self.plan, gen, flt, self.cfg.generate.batch_size)
+
+
+def plan_class_names(cfg: Config, ck: dict[str, Any], num_classes: int) -> tuple[str, ...]:
+    """Class names for the manifest: the diffusion checkpoint's (``extra.class_names``), else the dataset's when
+    the plan's counts came from it, else ``"0".."C-1"``."""
+    extra = ck.get("extra") if isinstance(ck.get("extra"), dict) else {}
+    names = extra.get("class_names")
+    if isinstance(names, (list, tuple)) and len(names) == num_classes:
+        return tuple(str(n) for n in names)
+    if not cfg.generate.counts and not extra.get("counts"):
+        from .data import stage_data
+
+        names = stage_data(cfg)[0].train.class_names
+        if len(names) == num_classes:
+            return tuple(str(n) for n in names)
+    return tuple(str(c) for c in range(num_classes))
 
 
 def plan_counts(cfg: Config, checkpoint: str, ck: dict[str, Any] | None = None) -> tuple[int, ...]:
@@ -176,6 +193,7 @@ def setup_generation(cfg: Config, run_dir: str) -> GenerationSetup:
                              f"intermediate checkpoint?); use the final one of train_classifier")
         del cck
     counts = plan_counts(cfg, ckpt, dck)
+    names = plan_class_names(cfg, dck, shape.num_classes) if len(counts) == shape.num_classes else ()
     del dck
     if len(counts) != shape.num_classes:
         where = "generate.counts" if cfg.generate.counts else f"the per-class counts of {ckpt} (or the dataset)"
@@ -187,7 +205,7 @@ def setup_generation(cfg: Config, run_dir: str) -> GenerationSetup:
                 "classifier_digest": checkpoint_digest(clf) if clf else ""}
     plan = GenerationPlan.from_counts(counts, cfg.generate.target_per_class, cfg.generate.budget,
                                       cfg.generate.seed, cfg.generate.shard_size, settings)
-    return GenerationSetup(cfg, plan, output_uri, ckpt, digest, clf)
+    return GenerationSetup(cfg, plan, output_uri, ckpt, digest, clf, names)
 
 
 Progress = Callable[[ShardStats, int, int], None]
@@ -229,7 +247,7 @@ def run_generation(setup: GenerationSetup, launcher: Launcher, *, on_progress: P
     seconds = time.perf_counter() - t0
     stats = {st.shard: st for st in fresh}
     stats.update({st.shard: st for st in collect_stats(out, plan, [s for s in done if s not in stats])})
-    manifest = build_manifest(plan, stats.values())
+    manifest = build_manifest(plan, stats.values(), setup.class_names)
     check_claim(out, plan)                    # re-checked before the manifest commits the output
     manifest_uri = write_manifest(out, manifest)
     made = sum(sum(st.generated.values()) for st in fresh)

@@ -23,6 +23,7 @@ from ..classify import load_synthetic, select_synthetic
 from ..config import Config, with_values
 from ..data.dataset import val_note, val_report
 from .data import stage_data
+from .checks import check_classifier_fits, check_diffusion_fits
 from .evaluate import evaluate
 from .generate import generate
 from .launcher import Launcher
@@ -88,8 +89,10 @@ def generation_counts(manifest: dict[str, Any]) -> dict[str, int]:
 
 
 def _read_manifest(shards: str) -> dict[str, Any] | None:
-    uri = storage.join(shards, "manifest.json")
-    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+    from ..generate.manifest import existing_manifest_uri
+
+    uri = existing_manifest_uri(shards)
+    return json.loads(storage.read_bytes(uri)) if uri else None
 
 
 def pipeline(cfg: Config, run: Run, launcher: Launcher) -> dict[str, Any]:
@@ -101,6 +104,10 @@ def pipeline(cfg: Config, run: Run, launcher: Launcher) -> dict[str, Any]:
           f"(r={data.counts.imbalance_ratio:.1f}), test {len(data.test)} balanced; groups "
           + ", ".join(f"{g} {len(v)}" for g, v in data.groups.items()) + f"; artifact {data_uri}", flush=True)
     print(f"[data] {val_note(data)}", flush=True)
+    if cfg.classifier.checkpoint:       # given outputs must fit the data before any stage runs
+        check_classifier_fits("classifier.checkpoint", cfg.classifier.checkpoint, data)
+    if cfg.model.checkpoint:
+        check_diffusion_fits("model.checkpoint", cfg.model.checkpoint, data, cfg.sample.use_ema)
 
     # 1. baseline classifier + feature bank (skipped when classifier.checkpoint points at one)
     if cfg.classifier.checkpoint:

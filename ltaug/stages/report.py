@@ -32,10 +32,12 @@ def write_report(cfg: Config, run: Run, data: LTDataset, baseline: dict[str, Any
     made: dict[str, str] = {}
     made["class_histogram"] = plots.class_histogram(real_counts, run.local("plots", "class_histogram.png"), syn_counts,
                                                     data.train.class_names, "train images per class: real + synthetic")
-    made["per_class_accuracy"] = plots.per_class_accuracy(augmented["per_class"],
-                                                          run.local("plots", "per_class_accuracy.png"),
-                                                          baseline["per_class"], data.groups,
-                                                          "per-class top-1: augmented vs baseline")
+    methods = {f"baseline ({cfg.pipeline.baseline_method})": baseline["per_class"],
+               **{m: r["per_class"] for m, r in classical.items()},
+               f"augmented ({cfg.pipeline.augmented_method} + synthetic)": augmented["per_class"]}
+    made["per_class_accuracy"] = plots.per_class_accuracy(None, run.local("plots", "per_class_accuracy.png"),
+                                                          groups=data.groups, methods=methods,
+                                                          title="per-class top-1 (balanced test set)")
     made["samples_real"] = plots.sample_grid(data.train.images, data.train.labels, run.local("plots", "samples_real.png"),
                                              K, cfg.eval.grid_per_class, "real (long-tailed train set)")
     generative = None
@@ -47,9 +49,10 @@ def write_report(cfg: Config, run: Run, data: LTDataset, baseline: dict[str, Any
             scored = IdAidOodFilter(model, bank, cfg.filter.keep, drop=False,
                                     batch_size=cfg.classifier.eval_batch_size)({"image": synthetic.images,
                                                                                 "label": synthetic.labels})
-            made["id_aid_ood"] = plots.distance_histogram(scored["distance"], bank.radii.cpu().numpy()[synthetic.labels],
-                                                          scored["category"], run.local("plots", "id_aid_ood.png"),
-                                                          "kept synthetic: distance to class centre / d_f")
+            made["id_aid_ood"] = plots.distance_histogram(
+                scored["distance"], bank.radii.cpu().numpy()[synthetic.labels], scored["category"],
+                run.local("plots", "id_aid_ood.png"), "all generated: distance to class centre / d_f",
+                dropped=dropped_by_category(gen, scored["category"]))
         if len(synthetic) >= 2:
             space = make_feature_space(cfg.eval, classifier=model, device=device)
             (rx, ry), (fx, fy) = data.test.tensors(), synthetic.tensors()
@@ -67,6 +70,14 @@ def write_report(cfg: Config, run: Run, data: LTDataset, baseline: dict[str, Any
         fh.write(md)
     uri = run.publish(path, "report.md")
     return {"generative": _compact(generative), "report": uri}
+
+
+def dropped_by_category(gen: dict[str, Any], kept_categories: Any) -> dict[str, int]:
+    """Generated-but-dropped samples per category: the manifest's category counts (all generated samples)
+    minus the kept ones, whose distances the shards hold (the dropped ones' distances are not stored)."""
+    cats = ((gen or {}).get("manifest") or {}).get("categories") or {}
+    kept = np.bincount(np.asarray(kept_categories, np.int64), minlength=3)
+    return {c: max(0, int(cats.get(c, 0)) - int(kept[i])) for i, c in enumerate(("id", "aid", "ood"))}
 
 
 def _compact(gen: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -87,7 +98,7 @@ def _markdown(cfg: Config, data: LTDataset, baseline, classical, augmented, gen,
               generative, made: dict[str, str], run: Run) -> str:
     rows = [("baseline (" + cfg.pipeline.baseline_method + ")", baseline)] + \
         [(m, r) for m, r in classical.items()] + [(f"augmented ({cfg.pipeline.augmented_method} + synthetic)", augmented)]
-    lines = [f"# ltaug pipeline report — {cfg.data.source}, r = {cfg.data.imbalance_ratio:g}", "",
+    lines = [f"# ltaug pipeline report — {cfg.data.source}, r = {cfg.data.ratio:g}", "",
              f"Train counts per class: {list(data.counts.counts)}; test set balanced ({len(data.test)} images). "
              f"Groups: " + ", ".join(f"{g} = {v}" for g, v in data.groups.items()), "",
              f"Validation split: {sum(data.validation.counts.counts)} images ({_held(data)}); the val columns are "

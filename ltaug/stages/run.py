@@ -45,6 +45,18 @@ class Run:
         self.tracker.log_artifact(local_path, artifact_path)
         return dst
 
+    def log_uri(self, uri: str, artifact_path: str | None = None) -> None:
+        """Log the file ``uri`` (local or ``s3://``) as a tracked artifact (a remote one through a local copy):
+        a final checkpoint becomes ``runs:/<run id>/checkpoints/ckpt-XXXX.pt``."""
+        if not storage.is_remote(uri):
+            self.tracker.log_artifact(uri, artifact_path)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, os.path.basename(uri.rstrip("/")))
+            with open(p, "wb") as fh:
+                fh.write(storage.read_bytes(uri))
+            self.tracker.log_artifact(p, artifact_path)
+
     def write_json(self, name: str, obj: Any, artifact: bool = True) -> str:
         p = self.local(name)
         text = json.dumps(obj, indent=2, default=json_default)
@@ -88,9 +100,27 @@ def run_dir(cfg: Config, job: str) -> str:
     return d if storage.is_remote(d) else os.path.abspath(d)
 
 
-def open_run(cfg: Config, job: str, parent_run_id: str | None = None, tracked: bool = True) -> Run:
-    name = run_name(cfg, job)
-    rdir = run_dir(cfg, job)
+def git_commit() -> str | None:
+    """The commit of the git checkout ltaug runs from (None when it is installed, not checked out)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not os.path.exists(os.path.join(root, ".git")):
+        return None
+    try:
+        out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and len(sha) == 40 else None
+
+
+def open_run(cfg: Config, job: str, parent_run_id: str | None = None, tracked: bool = True,
+             name_cfg: Config | None = None) -> Run:
+    """Open the run of ``job``; its name (and directory) comes from ``name_cfg`` (default ``cfg``): the config
+    as the user gave it, before checkpoints were resolved."""
+    name = run_name(name_cfg or cfg, job)
+    rdir = run_dir(name_cfg or cfg, job)
     if storage.is_remote(rdir):
         storage.check_access(rdir, write=True)
         local_dir = os.path.join(tempfile.gettempdir(), "ltaug-runs", name)
@@ -109,8 +139,12 @@ def open_run(cfg: Config, job: str, parent_run_id: str | None = None, tracked: b
                                    f"{local_dir} ({why}); choose a writable directory") from None
     tracker: Tracker = NullTracker()
     if tracked:
+        tags = {"ltaug.job": job}
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
         tracker = make_tracker(cfg.tracking.uri, cfg.run.output_dir, cfg.tracking.experiment, name,
-                               parent_run_id, tags={"ltaug.job": job})
+                               parent_run_id, tags=tags)
         tracker.log_params(flat_params(cfg))
     run = Run(cfg=cfg, job=job, dir=rdir, local_dir=local_dir, tracker=tracker)
     p = run.local("config.yaml")
@@ -120,4 +154,4 @@ def open_run(cfg: Config, job: str, parent_run_id: str | None = None, tracked: b
     return run
 
 
-__all__ = ["Run", "open_run", "run_name", "run_dir", "json_default", "RUN_NAME_IGNORES"]
+__all__ = ["Run", "open_run", "git_commit", "run_name", "run_dir", "json_default", "RUN_NAME_IGNORES"]

@@ -45,7 +45,10 @@ def sample_images(cfg: Config, run: Run, launcher: Launcher | None = None) -> di
     images = to_uint8(torch.cat(out))
     npz = run.local("samples.npz")
     np.savez_compressed(npz, images=images, labels=labels.numpy(), seeds=np.array(seeds, dtype=np.int64))
-    grid = save_grid_png(images, run.local("samples_grid.png"), nrow=n, scale=2)
+    names = list(loaded.extra.get("class_names") or [])
+    grid = save_grid_png(images, run.local("samples_grid.png"), nrow=n, scale=2,
+                         row_labels=[f"{c} {names[c]}" if c < len(names) and names[c] != str(c) else f"class {c}"
+                                     for c in classes])
     run.tracker.log_metrics({"num_images": float(len(images))})
     return {"samples": run.publish(npz, "samples.npz"), "grid": run.publish(grid, "samples_grid.png", "samples"),
             "checkpoint": uri, "num_images": len(images), "classes": classes, "sampler": cfg.sample.sampler,

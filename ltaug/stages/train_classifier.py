@@ -23,6 +23,7 @@ from ..eval import evaluate_classifier, evaluate_generated, make_feature_space, 
 from ..track import Tracker
 from ..train import World, resolve_device
 from .data import stage_data, worker_data
+from .checks import check_classifier_fits
 from .launcher import Launcher, Task
 from .run import Run
 
@@ -63,7 +64,8 @@ def read_synthetic(cfg: Config, run: Run, data: LTDataset, baseline: Any, bank: 
             {"image": synthetic.images, "label": synthetic.labels})
         summary["synthetic_shares"] = shares(scored["category"])
         plots.distance_histogram(scored["distance"], bank.radii.cpu().numpy()[synthetic.labels], scored["category"],
-                                 run.local("id_aid_ood.png"))
+                                 run.local("id_aid_ood.png"), "all read synthetic: distance to class centre / d_f",
+                                 kept=scored["keep"] if cfg.filter.apply else None)
         run.publish(run.local("id_aid_ood.png"), "id_aid_ood.png")
         if cfg.filter.apply:
             synthetic = synthetic.subset(np.where(scored["keep"])[0])
@@ -91,16 +93,18 @@ def train_classifier(cfg: Config, run: Run, launcher: Launcher, *, synthetic: Im
     summary: dict[str, Any] = {}
     baseline = bank = None
     if c.checkpoint:
-        baseline, bank = load_classifier(c.checkpoint, device)
+        baseline, bank = load_classifier(check_classifier_fits("classifier.checkpoint", c.checkpoint, data), device)
     if synthetic is None:
         synthetic = read_synthetic(cfg, run, data, baseline, bank, summary)
     task = Task("classifier", cfg, data_uri, run.path("checkpoints"), run.dir, payload=synthetic)
     out = launcher.train(classifier_worker, task, run.tracker)
+    run.log_uri(out["checkpoint"], "checkpoints")   # runs:/<run id>/checkpoints/ckpt-XXXXXXXXX.pt
     model, _ = load_classifier(out["checkpoint"], device)
     acc, report = accuracy_summary(model, data, c.eval_batch_size)
     summary.update({**out, **acc, "per_class": report["per_class"],
                     "confusion": report["confusion"], "groups": data.groups, "dataset": data_uri})
-    run.tracker.log_metrics({k: acc[k] for k in (*ACC_KEYS, *VAL_ACC_KEYS) if acc[k] is not None})
+    run.tracker.log_metrics({k: acc[k] for k in (*ACC_KEYS, *VAL_ACC_KEYS) if acc[k] is not None},
+                            step=out.get("steps"))   # final metrics at the last training step
     if not extras:
         return summary
     baseline_pc = None
@@ -108,10 +112,22 @@ def train_classifier(cfg: Config, run: Run, launcher: Launcher, *, synthetic: Im
         base = evaluate_classifier(baseline, data.test, data.groups, c.eval_batch_size)
         baseline_pc = base["per_class"]
         summary.update({f"baseline_{k}": base[k] for k in ACC_KEYS})
+    print(accuracy_table(summary), flush=True)
     _plots(cfg, run, data, report, synthetic, baseline_pc)
     if synthetic is not None and len(synthetic) >= 2:
         summary["generative"] = generative_report(cfg, run, data, synthetic, baseline or model, bank)
     return summary
+
+
+def accuracy_table(summary: dict[str, Any]) -> str:
+    """The printed accuracy table: All / Many / Medium / Few on the balanced test set and the validation split."""
+    f = lambda v: "    -" if v is None else f"{100 * v:5.1f}"  # noqa: E731
+    rows = [("test", [summary.get(k) for k in ACC_KEYS]), ("val", [summary.get(k) for k in VAL_ACC_KEYS])]
+    if summary.get("baseline_acc_all") is not None:
+        rows.insert(0, ("baseline test", [summary.get(f"baseline_{k}") for k in ACC_KEYS]))
+    lines = [f"{'top-1 %':14s}   all  many medium   few"]
+    lines += [f"{name:14s} {f(v[0])} {f(v[1])}  {f(v[2])} {f(v[3])}" for name, v in rows]
+    return "\n".join(lines)
 
 
 def _plots(cfg: Config, run: Run, data: LTDataset, report: dict, synthetic: ImageSet | None, baseline_pc) -> None:
@@ -144,9 +160,9 @@ def generative_report(cfg: Config, run: Run, data: LTDataset, synthetic: ImageSe
     rep["reference"] = "balanced test set"
     rep["features"] = cfg.eval.features
     run.write_json("generative.json", rep)
-    run.tracker.log_metrics({f"gen_{k}": rep[k] for k in GENERATIVE_KEYS if isinstance(rep.get(k), float)})
+    run.tracker.log_metrics({f"gen_{k}": rep[k] for k in GENERATIVE_KEYS if isinstance(rep.get(k), float)})  # at the last step
     return {k: rep.get(k) for k in GENERATIVE_KEYS}
 
 
 __all__ = ["train_classifier", "classifier_worker", "read_synthetic", "generative_report", "accuracy_summary",
-           "ACC_KEYS", "VAL_ACC_KEYS"]
+           "ACC_KEYS", "VAL_ACC_KEYS", "accuracy_table"]

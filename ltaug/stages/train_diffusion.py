@@ -19,6 +19,7 @@ from ..diffusion.train import GRID_PER_CLASS
 from ..track import Tracker
 from ..train import World
 from .data import stage_data, worker_data
+from .checks import check_classifier_fits
 from .launcher import Launcher, Task
 from .run import Run
 
@@ -51,9 +52,12 @@ def diffusion_worker(task: Task, world: World, tracker: Tracker) -> dict[str, An
 def train_diffusion(cfg: Config, run: Run, launcher: Launcher, *, ckpt_dir: str | None = None) -> dict[str, Any]:
     """summary: checkpoint, steps, resumed_from, world_size, final_loss, final_losses, grids, history (the last
     20 logged windows), dataset."""
-    _, data_uri = stage_data(cfg)
+    data, data_uri = stage_data(cfg)
+    if needs_classifier(cfg):          # AID / the classifier distance: checked here, before any worker starts
+        check_classifier_fits("classifier.checkpoint", cfg.classifier.checkpoint, data)
     task = Task("diffusion", cfg, data_uri, ckpt_dir or run.path("checkpoints"), run.dir)
     out = launcher.train(diffusion_worker, task, run.tracker)
+    run.log_uri(out["checkpoint"], "checkpoints")   # runs:/<run id>/checkpoints/ckpt-XXXXXXXXX.pt
     return {**out, "dataset": data_uri}
 
 

@@ -31,4 +31,19 @@ def make_tracker(uri: str, output_dir: str, experiment: str, run_name: str,
     return MLflowTracker(uri or default_uri(output_dir), experiment, run_name, parent_run_id, tags, artifact_root)
 
 
-__all__ = ["Tracker", "NullTracker", "make_tracker", "default_uri"]
+def is_runs_uri(uri: str) -> bool:
+    """An MLflow ``runs:/<run id>/<artifact path>`` URI."""
+    return uri.startswith("runs:/")
+
+
+def download_artifact(uri: str, tracking_uri: str, output_dir: str, dst_dir: str) -> str:
+    """Download the MLflow artifact ``runs:/<run id>/<path>`` (from ``tracking_uri``, default: the SQLite store
+    of ``output_dir``) into the local directory ``dst_dir``; the local path of the file."""
+    if tracking_uri.lower() == "none":
+        raise ValueError(f"{uri}: a runs:/ URI needs MLflow; tracking.uri=none")
+    from .mlflow_tracker import download_run_artifact
+
+    return download_run_artifact(tracking_uri or default_uri(output_dir), uri, dst_dir)
+
+
+__all__ = ["Tracker", "NullTracker", "make_tracker", "default_uri", "download_artifact", "is_runs_uri"]

@@ -13,6 +13,28 @@ from ..storage import redact
 MAX_PARAM_LEN = 6000  # MLflow param value limit (characters)
 
 
+def download_run_artifact(tracking_uri: str, uri: str, dst_dir: str) -> str:
+    """The local path of the artifact ``runs:/<run id>/<path>`` downloaded into ``dst_dir``."""
+    from mlflow.tracking import MlflowClient
+
+    rest = uri[len("runs:/"):].strip("/")
+    run_id, _, path = rest.partition("/")
+    if not run_id or not path:
+        raise ValueError(f"{uri}: expected runs:/<run id>/<artifact path>")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        client.get_run(run_id)
+    except Exception as e:  # noqa: BLE001 - MlflowException (unknown run) or a store error
+        raise LookupError(f"{uri}: no MLflow run {run_id} at tracking.uri={redact(tracking_uri)} "
+                          f"({type(e).__name__})") from None
+    os.makedirs(dst_dir, exist_ok=True)
+    try:
+        return client.download_artifacts(run_id, path, dst_dir)
+    except Exception as e:  # noqa: BLE001 - a missing artifact
+        raise LookupError(f"{uri}: artifact {path!r} not found in MLflow run {run_id} "
+                          f"({type(e).__name__}: {redact(str(e))[:200]})") from None
+
+
 class MLflowTracker:
     """One MLflow run (optionally nested under a parent). Params are redacted of secrets."""
 
@@ -30,6 +52,7 @@ class MLflowTracker:
             run_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
         self.run_id: str | None = run.info.run_id
+        self.last_step = 0
         self.experiment = experiment
 
     # Picklable: a worker process (a Ray Train rank, a Tune trial) logs into the same run through a fresh
@@ -64,7 +87,10 @@ class MLflowTracker:
         import time
 
         ts = int(time.time() * 1000)
-        items = [Metric(k.replace("@", "_at_"), float(v), ts, step or 0) for k, v in metrics.items()
+        # no step: the last step this tracker logged (final metrics land at the end of training, not at 0)
+        step = self.last_step if step is None else int(step)
+        self.last_step = max(self.last_step, step)
+        items = [Metric(k.replace("@", "_at_"), float(v), ts, step) for k, v in metrics.items()
                  if isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v))]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i:i + 500])

@@ -95,6 +95,6 @@ def test_ray_job_submit_generate(head_cluster, tmp_path):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=480)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "succeeded" in (r.stdout + r.stderr).lower()
-    man = json.loads((out / "manifest.json").read_text())
+    man = json.loads((out / ".ltaug" / "manifest.json").read_text())
     assert man["written"] == 20 and man["complete"]
     print(f"ray job submit round trip: {time.time() - t0:.1f}s")

@@ -255,3 +255,77 @@ def test_inspect_data_job_on_cifar_dir(tmp_path):
     assert set(summary["groups"]) == {"many", "medium", "few"}
     assert (run_dir / "class_histogram.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "mlflow.db").exists()
+
+
+# --- your own data is safe: natural distribution by default, loud drops, no emptied classes -------------
+
+def test_own_imagefolder_keeps_its_natural_long_tail_by_default(tmp_path, caplog):
+    """An already long-tailed ImageFolder is never re-cut unless asked (0 = the source's default = natural)."""
+    write_imagefolder(tmp_path, {"ant": 3, "bee": 40, "cat": 12}, "train", size=6)
+    write_imagefolder(tmp_path, {"ant": 2, "bee": 2, "cat": 2}, "test", size=6)
+    cfg = dcfg("data.source=imagefolder", f"data.root={tmp_path}", "data.image_size=6", "data.val_per_class=0")
+    assert cfg.imbalance_ratio == 0 and cfg.ratio == 1.0
+    d = load_dataset(cfg)
+    assert list(d.train.counts.counts) == [3, 40, 12] and d.train.class_names == ("ant", "bee", "cat")
+    assert d.profile["dropped_images"] == 0 and d.profile["profile"] == "natural" and not d.profile["warning"]
+    assert dcfg().ratio == 10.0 and dcfg("data.source=cifar10", "data.root=x").ratio == 10.0   # benchmarks: as before
+
+
+def test_profile_emptying_a_class_is_an_error_naming_class_and_keys(tmp_path):
+    write_imagefolder(tmp_path, {"ant": 3, "bee": 40, "cat": 12}, "train", size=6)
+    write_imagefolder(tmp_path, {"ant": 2, "bee": 2, "cat": 2}, "test", size=6)
+    with pytest.raises(DataError) as e:
+        load_dataset(dcfg("data.source=imagefolder", f"data.root={tmp_path}", "data.image_size=6",
+                          "data.imbalance_ratio=10"))           # n_max = 3 (smallest class): 3 / 10 floors to 0
+    msg = str(e.value)
+    assert "class 1 ('bee'), 2 ('cat') with 0 images" in msg
+    assert "data.imbalance_ratio" in msg and "data.max_per_class" in msg
+
+
+def test_profile_dropping_most_images_warns_with_counts_everywhere(tmp_path, caplog):
+    from ltaug.data import build_artifact, open_artifact
+
+    write_imagefolder(tmp_path, {"ant": 30, "bee": 30, "cat": 30}, "train", size=6)
+    write_imagefolder(tmp_path, {"ant": 2, "bee": 2, "cat": 2}, "test", size=6)
+    cfg = dcfg("data.source=imagefolder", f"data.root={tmp_path}", "data.image_size=6", "data.imbalance_ratio=10",
+               "data.val_per_class=0")
+    with caplog.at_level("WARNING", logger="ltaug.data"):
+        d = load_dataset(cfg)
+    assert list(d.train.counts.counts) == [30, 9, 3]
+    assert d.profile["source_images"] == 90 and d.profile["kept_images"] == 42 and d.profile["dropped_images"] == 48
+    assert "keeps 42 of the 90" in d.profile["warning"] and "data.imbalance_ratio=1" in d.profile["warning"]
+    assert "keeps 42 of the 90" in caplog.text
+    uri = build_artifact(cfg, str(tmp_path / "cache"))
+    meta = json.loads((Path(uri) / "meta.json").read_text())
+    assert meta["profile"]["dropped_images"] == 48 and meta["profile"]["warning"]
+    assert open_artifact(uri).profile["warning"] == d.profile["warning"]
+
+
+def test_default_ratio_shares_the_artifact_of_the_explicit_default():
+    from ltaug.data import dataset_digest
+
+    assert dataset_digest(dcfg()) == dataset_digest(dcfg("data.imbalance_ratio=10"))
+    assert dataset_digest(dcfg()) != dataset_digest(dcfg("data.imbalance_ratio=1"))
+
+
+def test_unreadable_root_is_checked_before_decoding(tmp_path):
+    import os
+
+    write_imagefolder(tmp_path, {"ant": 3}, "train", size=6)
+    if os.geteuid() == 0:
+        pytest.skip("root reads everything")
+    os.chmod(tmp_path, 0o000)
+    try:
+        with pytest.raises(DataError, match="data.root: .*permission denied"):
+            load_dataset(dcfg("data.source=imagefolder", f"data.root={tmp_path}"))
+    finally:
+        os.chmod(tmp_path, 0o755)
+
+
+def test_decoding_shows_progress_for_large_inputs(tmp_path, monkeypatch, capsys):
+    from ltaug.data.sources import images
+
+    monkeypatch.setattr(images, "PROGRESS_MIN", 2)
+    write_imagefolder(tmp_path, {"ant": 3, "bee": 2}, "train", size=6)
+    SOURCES["imagefolder"](dcfg("data.source=imagefolder", f"data.root={tmp_path}", "data.image_size=6"), "train")
+    assert "imagefolder[train]" in capsys.readouterr().err

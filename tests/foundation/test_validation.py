@@ -134,3 +134,21 @@ def test_inspect_data_reports_val_counts(tmp_path):
     s = inspect_data(cfg, open_run(cfg, "inspect_data"))
     assert s["val_counts"] == [20] * 10 and s["val_held_out"][0] > 0
     assert [t + h for t, h in zip(s["train_counts"], s["val_held_out"])][1:] == s["train_counts"][1:]
+
+
+def test_inspect_data_reports_a_profile_that_drops_most_images(tmp_path, capsys):
+    from formats import write_imagefolder
+    from ltaug.stages import inspect_data
+    from ltaug.stages.run import open_run
+
+    write_imagefolder(tmp_path / "d", {"ant": 30, "bee": 30, "cat": 30}, "train", size=6)
+    write_imagefolder(tmp_path / "d", {"ant": 2, "bee": 2, "cat": 2}, "test", size=6)
+    base = [f"run.output_dir={tmp_path}/runs", "tracking.uri=none", "data.image_size=6", "data.source=imagefolder",
+            f"data.root={tmp_path}/d", "data.val_per_class=0"]
+    s = inspect_data(load_config(None, base), open_run(load_config(None, base), "inspect_data"))
+    assert s["train_counts"] == [30, 30, 30] and s["warnings"] == []            # your own data: kept as it is
+    assert s["profile"]["profile"] == "natural" and s["profile"]["imbalance_ratio"] == 1.0
+    cfg = load_config(None, base + ["data.imbalance_ratio=10"])
+    s = inspect_data(cfg, open_run(cfg, "inspect_data"))
+    assert s["profile"]["dropped_images"] == 48 and "keeps 42 of the 90" in s["warnings"][0]
+    assert "WARNING: the long-tail profile keeps 42 of the 90" in capsys.readouterr().out

@@ -11,7 +11,7 @@ COUNTS = (20, 12, 6, 3)   # a tiny long tail: the plan tops classes 1..3 up to 2
 
 
 def tiny_diffusion_checkpoint(path: str, counts=COUNTS, image_size: int = 8, channels: int = 1, seed: int = 0,
-                              preset: str = "") -> str:
+                              preset: str = "", class_names: tuple[str, ...] = ()) -> str:
     """A randomly initialised diffusion checkpoint: a micro UNet (ch 8) for fast tests, or a model preset's
     architecture (e.g. ``preset="tiny"``, the quickstart UNet) for benchmarks that need real compute."""
     from ltaug.diffusion import UNet, UNetSpec
@@ -27,7 +27,8 @@ def tiny_diffusion_checkpoint(path: str, counts=COUNTS, image_size: int = 8, cha
     ckpt_io.save(path, {"kind": "diffusion", "config": {"diffusion": {"timesteps": 100}}, "model": model.state_dict(),
                         "ema": None, "optimizer": {}, "step": 1, "rng": ckpt_io.rng_state(),
                         "extra": {"num_classes": len(counts), "channels": channels, "image_size": image_size,
-                                  "counts": list(counts), "spec": sd}})
+                                  "counts": list(counts), "spec": sd,
+                                  **({"class_names": list(class_names)} if class_names else {})}})
     return path
 
 

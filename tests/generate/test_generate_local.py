@@ -49,7 +49,7 @@ def test_generate_job_filter_resume_and_verify(ckpts, tmp_path, capsys):
     tars = sorted(Path(out).glob("*.tar"))
     first = {p.name: p.read_bytes() for p in tars}
     # dropped samples are recorded with their reason, never written
-    stats = [json.loads(p.read_text()) for p in Path(out, "_stats").glob("*.json")]
+    stats = [json.loads(p.read_text()) for p in Path(out, ".ltaug", "stats").glob("*.json")]
     reasons = [r for st in stats for r in st["dropped_keys"].values()]
     assert len(reasons) == s1["dropped"] and all(r.startswith("ood") for r in reasons)
 
@@ -70,7 +70,7 @@ def test_different_config_is_refused_naming_the_existing_plan(ckpts, tmp_path, c
     out, runs = str(tmp_path / "out"), str(tmp_path / "runs")
     base = gen_overrides(ckpts[0], out, runs, "resources.num_workers=0", "generate.budget=[0,2,2,2]")
     assert run_job(base) == 0
-    plan = json.loads(Path(out, "_plan.json").read_text())
+    plan = json.loads(Path(out, ".ltaug", "plan.json").read_text())
     digest = GenerationPlan.from_dict(plan).digest
     capsys.readouterr()
     assert run_job(base + ["--set", "guidance.cfg.omega=2.0"]) == 2
@@ -87,7 +87,8 @@ def test_verify_detects_gaps_duplicates_and_corruption(ckpts, tmp_path, capsys):
     tars = sorted(out.glob("*.tar"))
     # duplicate: shard 1 also carries a sample of shard 0
     with tarfile.open(tars[0]) as t0:
-        m = [x for x in t0.getmembers() if x.name.startswith("c0001_0000000.")]
+        first = t0.getmembers()[0].name.split(".")[0]
+        m = [x for x in t0.getmembers() if x.name.startswith(first + ".")]
         payload = [(x, t0.extractfile(x).read()) for x in m]
     import io
     with tarfile.open(tars[1]) as t1:

@@ -78,3 +78,31 @@ def test_digest_and_names_are_stable_and_setting_sensitive():
         parse_key("c0001.0000001")
     with pytest.raises(IndexError):
         a.rows([a.total])
+
+
+@settings(max_examples=40, deadline=None)
+@given(budget=budgets, seed=st.integers(0, 2**40), shard=st.integers(1, 50))
+def test_interleaved_shards_partition_the_plan(budget, seed, shard):
+    plan = GenerationPlan.from_counts([0] * len(budget), budget=budget, seed=seed, shard_size=shard)
+    assert plan.order == "interleaved"
+    ids = [plan.shard_ids(s) for s in range(plan.num_shards)]
+    flat = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    assert sorted(flat.tolist()) == list(range(plan.total))           # every id in exactly one shard
+    for s, part in enumerate(ids):
+        assert 0 < len(part) <= shard and (plan.shard_of(part) == s).all()
+    again = GenerationPlan.from_dict(plan.to_dict())                    # a pure function of the plan
+    assert again.digest == plan.digest and all((again.shard_ids(s) == ids[s]).all() for s in range(plan.num_shards))
+
+
+def test_interleaving_mixes_classes_and_old_plans_keep_their_order():
+    plan = GenerationPlan.from_counts([0, 0, 0, 0], budget=[64, 64, 64, 64], seed=0, shard_size=32)
+    labels = [set(plan.rows(plan.shard_ids(s))["label"].tolist()) for s in range(plan.num_shards)]
+    assert all(len(ls) >= 3 for ls in labels)                          # class-major order would give 1 each
+    assert (GenerationPlan.from_counts([0] * 4, budget=[64] * 4, seed=1, shard_size=32).shard_ids(0)
+            != plan.shard_ids(0)).any()                                 # the order depends on the seed
+    old = {"format": "ltaug-plan-v1", "budget": [3, 5], "seed": 2, "shard_size": 4, "settings": {}}
+    p = GenerationPlan.from_dict(old)                                   # written before interleaving
+    assert p.order == "class" and p.to_dict() == old and p.shard_ids(1).tolist() == [4, 5, 6, 7]
+    import pickle
+    q = pickle.loads(pickle.dumps(plan))
+    assert q.digest == plan.digest and (q.shard_ids(2) == plan.shard_ids(2)).all()

@@ -12,7 +12,7 @@ from ltaug.config import ConfigError, config_to_yaml, from_dict, load_config
 @settings(max_examples=60, deadline=None)
 @given(r=st.floats(allow_nan=True, allow_infinity=True), size=st.integers(-10, 2000))
 def test_ratio_and_size_accepted_iff_in_range(r, size):
-    ok = math.isfinite(r) and r >= 1.0 and 4 <= size <= 1024
+    ok = math.isfinite(r) and (r == 0 or r >= 1.0) and 4 <= size <= 1024   # 0 = the source default
     try:
         cfg = load_config(None, [f"data.imbalance_ratio={r!r}".replace("inf", ".inf").replace("nan", ".nan"),
                                  f"data.image_size={size}"])

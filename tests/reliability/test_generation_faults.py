@@ -57,8 +57,8 @@ def check_visible_tars(out: Path, seen: dict[str, int]) -> None:
 
 
 def assert_exact_per_class(out: Path) -> dict:
-    plan = json.loads((out / "_plan.json").read_text())
-    man = json.loads((out / "manifest.json").read_text())
+    plan = json.loads((out / ".ltaug" / "plan.json").read_text())
+    man = json.loads((out / ".ltaug" / "manifest.json").read_text())
     pc = man["per_class"]
     assert pc["requested"] == plan["budget"]
     assert [k + d for k, d in zip(pc["kept"], pc["dropped"])] == plan["budget"]   # every planned id once
@@ -89,10 +89,10 @@ def test_job_sigkilled_mid_run_then_rerun_is_exact(ckpts, tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.wait(30)
-    plan = json.loads((out / "_plan.json").read_text())
+    plan = json.loads((out / ".ltaug" / "plan.json").read_text())
     n_shards = -(-sum(plan["budget"]) // plan["shard_size"])
     check_visible_tars(out, seen)
-    assert 1 <= len(seen) < n_shards and not (out / "manifest.json").exists()     # killed mid-run
+    assert 1 <= len(seen) < n_shards and not (out / ".ltaug" / "manifest.json").exists()     # killed mid-run
     partial = verify(str(out), require_complete=False)
     assert partial.ok, partial.problems                                           # what is there is whole
     assert all(not p.name.endswith(".tar") for p in out.iterdir() if ".tmp-" in p.name)

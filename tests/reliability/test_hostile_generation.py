@@ -162,7 +162,7 @@ def test_run_failing_before_its_first_shard_releases_its_claim(ckpts, tmp_path, 
     with pytest.raises(RuntimeError):
         run_generation(setup, LocalLauncher(cfg.resources), log=lambda m: None)
     monkeypatch.undo()
-    assert not (out / "_plan.json").exists()
+    assert not (out / ".ltaug" / "plan.json").exists()
     generate(cfg_of(ckpts, out, runs, "generate.seed=2"), runs)       # a corrected, different plan works in place
     assert verify(str(out)).ok
 

@@ -116,7 +116,7 @@ def load_list_split(cfg: DataConfig, split: str) -> ImageSet:
 def _decode_all(cfg: DataConfig, files: list[str], labels: np.ndarray, num_classes: int, source: str,
                 names: tuple[str, ...], skipped: int = 0) -> ImageSet:
     counter = [skipped]
-    arrays = decode_files(files, cfg.image_size, cfg.channels, lambda m: bad_record(cfg, m, counter))
+    arrays = decode_files(files, cfg.image_size, cfg.channels, lambda m: bad_record(cfg, m, counter), desc=source)
     keep = [i for i, a in enumerate(arrays) if a is not None]
     images = stack([arrays[i] for i in keep], source)
     return finish(cfg, images, labels[keep], num_classes, source, names, counter[0])

@@ -65,9 +65,25 @@ def decode(data: bytes, where: str, size: int, channels: int) -> np.ndarray:
     return resize(arr[None], size, arr.shape[-1] if channels == 0 else channels)[0]
 
 
+def progress(iterable, total: int | None, desc: str, unit: str):
+    """A tqdm progress bar on stderr over ``iterable`` (decoding a large source takes minutes); off for small
+    inputs, and wherever ``TQDM_DISABLE=1`` / ``LTAUG_PROGRESS=0`` is set."""
+    import os
+
+    from tqdm.auto import tqdm
+
+    off = os.environ.get("LTAUG_PROGRESS", "1") == "0" or total is None or total < PROGRESS_MIN
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=off, mininterval=1.0,
+                dynamic_ncols=True, leave=False)
+
+
+PROGRESS_MIN = 500   # inputs smaller than this decode in seconds: no bar
+
+
 def decode_files(uris: Sequence[str], size: int, channels: int,
-                 on_error: Callable[[str], None]) -> list[np.ndarray | None]:
-    """Decode files in parallel threads; a failure calls ``on_error(message)`` (raise or count)."""
+                 on_error: Callable[[str], None], desc: str = "decode") -> list[np.ndarray | None]:
+    """Decode files in parallel threads (with a progress bar); a failure calls ``on_error(message)`` (raise or
+    count)."""
     def one(uri: str) -> np.ndarray | None:
         try:
             return decode(storage.read_bytes(uri, max_bytes=MAX_IMAGE_FILE_BYTES), uri, size, channels)
@@ -83,7 +99,7 @@ def decode_files(uris: Sequence[str], size: int, channels: int,
         return None
 
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        out = list(pool.map(one, uris))
+        out = list(progress(pool.map(one, uris), len(uris), desc, "img"))
     for msg in errors:
         on_error(msg)
     return out
