@@ -158,7 +158,9 @@ def ray_two_nodes(s3_server, tmp_path_factory):
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",   # SIGTERM: stop at once (no drain wait)
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+    # the session's private single-node Ray sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in os.environ (it binds
+    # 127.0.0.1 then); with it a joining node refuses to start, so the two-node cluster runs without it
+    for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(k, None)
 
     def free_port(ip: str) -> int:

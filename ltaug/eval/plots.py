@@ -163,6 +163,34 @@ def sample_grid(images: np.ndarray, labels: Sequence[int], path: str, num_classe
     return _save(fig, path)
 
 
+def kept_dropped_grid(kept: np.ndarray, kept_labels: Sequence[int], dropped: np.ndarray, dropped_labels: Sequence[int],
+                      path: str, num_classes: int, class_names: Sequence[str] = (), per_class: int = 8,
+                      title: str = "", totals: tuple[Sequence[int], Sequence[int]] | None = None) -> str:
+    """What generation made, per class: kept samples (left) beside dropped ones (right), rows labelled by class
+    name and the class's total kept / dropped (``totals``, else the counts of the images given); empty cells gray."""
+    plt = _plt()
+    K = num_classes
+    names = [class_names[c] if c < len(class_names) else str(c) for c in range(K)]
+    kl, dl = np.asarray(kept_labels, np.int64), np.asarray(dropped_labels, np.int64)
+    shape = kept.shape[1:] if len(kept) else dropped.shape[1:] if len(dropped) else (1, 1, 1)
+    empty = np.zeros((0, *shape), np.uint8)
+    tk, td = totals if totals is not None else (np.bincount(kl, minlength=K), np.bincount(dl, minlength=K))
+    panels = [(grid_image(kept if len(kept) else empty, kl, K, per_class), "kept", tk),
+              (grid_image(dropped if len(dropped) else empty, dl, K, max(1, per_class // 2)), "dropped (filter)", td)]
+    fig, axes = plt.subplots(1, 2, figsize=(max(4.0, per_class * 0.75), max(2.2, K * 0.45)),
+                             gridspec_kw={"width_ratios": [per_class, max(1, per_class // 2)]})
+    for ax, (mosaic, what, total) in zip(axes, panels):
+        H = mosaic.shape[0] / K
+        ax.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_yticks(np.arange(K) * H + H / 2, [f"{names[c]} ({int(total[c])})" for c in range(K)], fontsize=7)
+        ax.set_xticks([])
+        ax.set_title(what, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
 def distance_histogram(distances: Sequence[float], radii: Sequence[float], categories: Sequence[int], path: str,
                        title: str = "distance to class centre / d_f",
                        dropped: Mapping[str, int] | None = None, kept: Sequence[bool] | None = None) -> str:

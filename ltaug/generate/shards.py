@@ -22,6 +22,7 @@ in a for-loop, the Ray pipeline in an actor pool. It never writes: :func:`publis
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 import tarfile
@@ -40,6 +41,7 @@ MANIFEST_FILE = f"{META_DIR}/manifest.json"
 LEGACY_STATS_DIR = "_stats"         # layout of earlier versions, read (never written)
 LEGACY_PLAN_FILE = "_plan.json"
 LEGACY_MANIFEST_FILE = "manifest.json"
+PREVIEW_PER_CLASS = 4  # dropped images kept per class and shard (base64 PNG in its stats) for the generate grid
 SAMPLE_KEYS = ("class", "index", "id", "seed", "category", "distance", "minority_score")  # of <key>.json
 
 
@@ -105,6 +107,10 @@ class ShardStats:
     dropped: dict[int, int] = field(default_factory=dict)
     categories: dict[str, int] = field(default_factory=dict)
     dropped_keys: dict[str, str] = field(default_factory=dict)   # key -> reason
+    # key -> [class, category, distance] of each dropped row: what the ID/AID/OOD plot draws for dropped samples
+    dropped_rows: dict[str, list] = field(default_factory=dict)
+    # key -> base64 PNG of up to PREVIEW_PER_CLASS dropped images per class: what the generate grid shows
+    dropped_preview: dict[str, str] = field(default_factory=dict)
     bytes: int = 0
     seconds: float = 0.0
 
@@ -172,7 +178,13 @@ class ShardProducer:
             for i in range(n):
                 row = {k: v[i] for k, v in out.items() if k != "image" and hasattr(v, "__len__") and len(v) == n}
                 if not keep[i]:
-                    stats.dropped_keys[str(out["key"][i])] = str(reasons[i]) or "dropped"
+                    key, c = str(out["key"][i]), int(out["label"][i])
+                    stats.dropped_keys[key] = str(reasons[i]) or "dropped"
+                    dist = float(row.get("distance", float("nan")))
+                    stats.dropped_rows[key] = [c, str(cats[i]), round(dist, 6) if np.isfinite(dist) else None]
+                    shown = sum(1 for k in stats.dropped_preview if stats.dropped_rows[k][0] == c)
+                    if shown < PREVIEW_PER_CLASS:
+                        stats.dropped_preview[key] = base64.b64encode(encode_png(out["image"][i])).decode()
                     continue
                 meta = sample_meta(row, self.settings, self.plan.digest)
                 samples.append((str(out["key"][i]), {"png": encode_png(out["image"][i]),

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from .. import storage
 from ..config import Config
 from ..generate import (FilterSpec, FilterStage, GenerationPlan, ImageGenerator, ShardProducer, ShardStats,
@@ -252,7 +254,7 @@ def run_generation(setup: GenerationSetup, launcher: Launcher, *, on_progress: P
     manifest_uri = write_manifest(out, manifest)
     made = sum(sum(st.generated.values()) for st in fresh)
     return {"manifest": manifest, "manifest_uri": manifest_uri, "new_shards": len(fresh), "skipped_shards": len(done),
-            "damaged_shards": len(damaged),
+            "damaged_shards": len(damaged), "stats": [stats[k] for k in sorted(stats)],
             "seconds": round(seconds, 3), "images_per_s": round(made / seconds, 3) if seconds > 0 and made else 0.0}
 
 
@@ -277,13 +279,63 @@ def generate(cfg: Config, run: Run, launcher: Launcher, *, log: Callable[[str], 
     run.tracker.log_metrics({"requested": man["requested"], "written": man["written"], "dropped": man["dropped"],
                              "images_per_s": res["images_per_s"], "new_shards": res["new_shards"]})
     run.write_json("manifest.json", man)
+    grid = generation_grid(setup, res["stats"], run.local("generated_grid.png"), cfg.eval.grid_per_class)
+    run.publish(grid, "generated_grid.png", "plots")
     pc = man["per_class"]
     return {"output_uri": setup.output_uri, "manifest": res["manifest_uri"], "plan": plan.digest,
+            "grid": run.path("generated_grid.png"),
             "requested": man["requested"], "written": man["written"], "dropped": man["dropped"],
             "requested_per_class": pc["requested"], "generated_per_class": pc["generated"],
             "written_per_class": pc["kept"], "dropped_per_class": pc["dropped"], "categories": man["categories"],
             "new_shards": res["new_shards"], "skipped_shards": res["skipped_shards"],
             "images_per_s": res["images_per_s"], "seconds": res["seconds"]}
+
+
+def generation_grid(setup: GenerationSetup, stats: list[ShardStats], path: str, per_class: int = 8) -> str:
+    """A labelled picture of what generation made: per class, kept samples (read back from the first shards that
+    hold them) beside dropped ones (the previews each shard's stats keep), with the class totals."""
+    import base64
+
+    from ..data.shards import iter_samples
+    from ..eval import plots
+
+    plan, K = setup.plan, setup.plan.num_classes
+    shown = {c: 0 for c, n in enumerate(plan.budget) if n}
+    kept: list[np.ndarray] = []
+    kept_labels: list[int] = []
+    for st in stats:                                   # interleaved shards: usually one or two suffice
+        if all(n >= per_class for n in shown.values()):
+            break
+        if not sum(st.kept.values()):
+            continue
+        for sample in iter_samples(storage.join(setup.output_uri, st.name)):
+            c = int(sample["cls"])
+            if shown.get(c, per_class) < per_class:
+                kept.append(_decode_png(sample["png"]))
+                kept_labels.append(c)
+                shown[c] += 1
+    dropped: list[np.ndarray] = []
+    dropped_labels: list[int] = []
+    for st in stats:
+        for key, png in sorted(st.dropped_preview.items()):
+            c = int(st.dropped_rows[key][0])
+            if dropped_labels.count(c) < max(1, per_class // 2):
+                dropped.append(_decode_png(base64.b64decode(png)))
+                dropped_labels.append(c)
+    totals = ([sum(st.kept.get(c, 0) for st in stats) for c in range(K)],
+              [sum(st.dropped.get(c, 0) for st in stats) for c in range(K)])
+    stack = lambda xs: np.stack(xs) if xs else np.zeros((0, 1, 1, 1), np.uint8)  # noqa: E731
+    return plots.kept_dropped_grid(stack(kept), kept_labels, stack(dropped), dropped_labels, path, K,
+                                   setup.class_names, per_class, f"generated: plan {plan.digest}", totals)
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    a = np.asarray(Image.open(io.BytesIO(data)))
+    return a[..., None] if a.ndim == 2 else a
 
 
 def verify_output(cfg: Config, run: Run, *, log: Callable[[str], None] = print) -> dict[str, Any]:

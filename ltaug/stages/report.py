@@ -10,7 +10,9 @@ import torch
 from ..config import Config
 from ..data import LTDataset, ImageSet
 from ..train import resolve_device
+from ..generate import CATEGORY_NAMES
 from .run import Run
+
 
 ACC = ("acc_all", "acc_many", "acc_medium", "acc_few")
 
@@ -49,10 +51,16 @@ def write_report(cfg: Config, run: Run, data: LTDataset, baseline: dict[str, Any
             scored = IdAidOodFilter(model, bank, cfg.filter.keep, drop=False,
                                     batch_size=cfg.classifier.eval_batch_size)({"image": synthetic.images,
                                                                                 "label": synthetic.labels})
+            d_dist, d_lab, d_cat = dropped_rows(gen)
+            radii = bank.radii.cpu().numpy()
+            cats = np.concatenate([np.asarray(scored["category"], np.int64), d_cat])
+            counted = {c: int((d_cat == i).sum()) for i, c in enumerate(CATEGORY_NAMES)}
+            rest = {c: max(0, n - counted[c]) for c, n in dropped_by_category(gen, scored["category"]).items()}
             made["id_aid_ood"] = plots.distance_histogram(
-                scored["distance"], bank.radii.cpu().numpy()[synthetic.labels], scored["category"],
+                np.concatenate([np.asarray(scored["distance"], float), d_dist]),
+                np.concatenate([radii[synthetic.labels], radii[d_lab]]), cats,
                 run.local("plots", "id_aid_ood.png"), "all generated: distance to class centre / d_f",
-                dropped=dropped_by_category(gen, scored["category"]))
+                dropped=rest, kept=np.concatenate([np.ones(len(synthetic), bool), np.zeros(len(d_cat), bool)]))
         if len(synthetic) >= 2:
             space = make_feature_space(cfg.eval, classifier=model, device=device)
             (rx, ry), (fx, fy) = data.test.tensors(), synthetic.tensors()
@@ -70,6 +78,21 @@ def write_report(cfg: Config, run: Run, data: LTDataset, baseline: dict[str, Any
         fh.write(md)
     uri = run.publish(path, "report.md")
     return {"generative": _compact(generative), "report": uri}
+
+
+def dropped_rows(gen: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distance, class, category index) of every sample the generation filter dropped, from the shards' stats
+    (outputs written before the stats kept them give empty arrays; their drops are then counted only)."""
+    from ..generate.shards import read_stats
+
+    man, out = (gen or {}).get("manifest") or {}, (gen or {}).get("output_uri")
+    rows = []
+    for sh in man.get("shards", []) if out else []:
+        for c, cat, d in read_stats(out, sh["name"]).dropped_rows.values():
+            if d is not None and cat in CATEGORY_NAMES:
+                rows.append((float(d), int(c), CATEGORY_NAMES.index(cat)))
+    a = np.asarray(rows, float).reshape(-1, 3)
+    return a[:, 0], a[:, 1].astype(np.int64), a[:, 2].astype(np.int64)
 
 
 def dropped_by_category(gen: dict[str, Any], kept_categories: Any) -> dict[str, int]:

@@ -52,6 +52,17 @@ def test_generate_job_filter_resume_and_verify(ckpts, tmp_path, capsys):
     stats = [json.loads(p.read_text()) for p in Path(out, ".ltaug", "stats").glob("*.json")]
     reasons = [r for st in stats for r in st["dropped_keys"].values()]
     assert len(reasons) == s1["dropped"] and all(r.startswith("ood") for r in reasons)
+    # ... with their class, category and distance (what the ID/AID/OOD plot draws), and a few previews per class
+    rows = [r for st in stats for r in st["dropped_rows"].values()]
+    assert len(rows) == s1["dropped"] and all(cat == "ood" and d is not None and d > 0 for _, cat, d in rows)
+    from ltaug.generate.shards import PREVIEW_PER_CLASS
+
+    for st in stats:
+        per = [st["dropped_rows"][k][0] for k in st["dropped_preview"]]
+        assert all(per.count(c) <= PREVIEW_PER_CLASS for c in set(per))
+        assert len(per) == sum(min(PREVIEW_PER_CLASS, n) for n in st["dropped"].values())
+    # and the job draws what it made: kept beside dropped, per class
+    assert Path(s1["grid"]).stat().st_size > 1000
 
     # a re-run publishes nothing new; after losing one shard (and a stray temp file) it fills exactly that gap
     assert run_job(args) == 0
