@@ -245,18 +245,26 @@ def _write_tmp(uri: str, path: str, data: bytes) -> str:
     """Write ``data`` to a fresh temp file beside ``path`` (fsynced); on any failure it is removed."""
     _local_makedirs(uri, path)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with _removed_on_failure(uri, tmp):
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    return tmp
+
+
+@contextlib.contextmanager
+def _removed_on_failure(uri: str, tmp: str):
+    """Remove the temp file ``tmp`` when the block fails (a full disk, a signal); OS errors become a
+    :class:`StorageError` naming ``uri``."""
+    try:
+        yield
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError):
             raise _write_error(uri, e) from None
         raise
-    return tmp
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -269,14 +277,8 @@ def write_bytes(uri: str, data: bytes) -> None:
         with_retry(lambda: fs.pipe_file(path, data), f"write {uri}")
         return
     tmp = _write_tmp(uri, path, data)
-    try:
+    with _removed_on_failure(uri, tmp):
         os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise _write_error(uri, e) from None
-        raise
 
 
 def create_exclusive(uri: str, data: bytes) -> bool:
