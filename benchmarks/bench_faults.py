@@ -147,7 +147,7 @@ def _checkpoint_fault(d: str) -> dict:
         torch.manual_seed(0)
         net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
         spec = LoopSpec(steps=steps, lr=0.01, optimizer="adam", momentum=0.0, weight_decay=0.0, warmup=0,
-                        milestones=(), gamma=0.1, grad_clip=0.0, ema_decay=0.0, amp=False, log_every=50,
+                        milestones=(), gamma=0.1, grad_clip=0.0, ema_decay=0.0, amp=False, grad_accum=1, log_every=50,
                         ckpt_every=2, keep_checkpoints=5, seed=0, desc="train")
         return fit(net, obj, spec, LocalWorld("cpu"), ckpt_dir=d, progress=False)
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-MODULES = ["bench_diffusion", "bench_ray", "bench_faults"]  # add yours here
+MODULES = ["bench_diffusion", "bench_ray", "bench_faults", "bench_streaming", "bench_scale"]  # add yours here
 
 
 def machine() -> dict:

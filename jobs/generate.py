@@ -28,7 +28,7 @@ def add_args(p) -> None:
 
 def body(cfg, run, launcher, args) -> dict:
     log = lambda m: print(m, flush=True)  # noqa: E731
-    return verify_output(cfg, run, log=log) if args.verify else generate(cfg, run, launcher, log=log)
+    return verify_output(cfg, run, launcher, log=log) if args.verify else generate(cfg, run, launcher, log=log)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def _error(e: BaseException) -> int:
 def job_main(job: str, description: str, body: Body, argv: Sequence[str] | None = None,
              add_args: Callable[[argparse.ArgumentParser], None] | None = None,
              parent_run_id: str | None = None, prog: str | None = None) -> int:
-    """Parse args, resolve the config (checkpoints resolved once, here, before Ray starts), run
+    """Parse args, resolve the config (the launcher's preflight, then checkpoints resolved once, here), run
     ``body(cfg, run, launcher, args)``, write ``summary.json`` and the ``<output_dir>/<job>-latest`` pointer,
     print the run dir last. A failure tags the MLflow run ``ltaug.error`` and logs its traceback."""
     parser = build_parser(job, description, prog)
@@ -111,7 +111,8 @@ def job_main(job: str, description: str, body: Body, argv: Sequence[str] | None 
         return 0
     try:
         check_storage(given)               # endpoint, credentials and buckets first: nothing is read before
-        cfg = resolve_checkpoints(given)   # once, on the driver, before Ray starts; the run name keeps `given`
+        make_launcher(given).preflight(given)  # Ray joined: cluster GPUs, multi-node storage / tracking
+        cfg = resolve_checkpoints(given)   # once, on the driver, before any work; the run name keeps `given`
         launcher = make_launcher(cfg)
         run = open_run(cfg, job, parent_run_id, name_cfg=given)
     except USER_ERRORS as e:

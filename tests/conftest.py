@@ -133,98 +133,86 @@ def ray_session(s3_server):
 
 @pytest.fixture(scope="session")
 def ray_two_nodes(s3_server, tmp_path_factory):
-    """A real two-node Ray cluster on this machine: a head on 127.0.0.2 and a worker on 127.0.0.3, each a
-    ``ray start --block`` process with 1 CPU, its own custom resource (``node_a`` / ``node_b``) and its own temp
-    dir, with token authentication on (one random ``RAY_AUTH_TOKEN``). The nodes' environment carries the moto
-    S3 endpoint (``S3_ENV`` + ``AWS_ENDPOINT_URL``): processes of a cluster one only connects to inherit the
-    raylet's environment, not the driver's.
+    """A real two-node Ray cluster on this machine (``benchmarks/cluster.py``): a head on 127.0.0.2 and a worker on
+    127.0.0.3, each a ``ray start --block`` process with 1 CPU, its own custom resource (``node_a`` / ``node_b``)
+    and its own temp dir, with token authentication on (one random ``RAY_AUTH_TOKEN``). The nodes' environment
+    carries the moto S3 endpoint (``S3_ENV`` + ``AWS_ENDPOINT_URL``): processes of a cluster one only connects to
+    inherit the raylet's environment, not the driver's.
 
     Yields ``{"address": "127.0.0.2:P", "env": {...}, "ips": (...), "log_dir": Path}``. Run drivers as
     subprocesses with ``env`` (the auth variables live there, not in this process's ``os.environ``, so they
-    never leak into the session's own ``ray_session`` or into other tests' ``ray`` CLI calls). Both processes
-    are terminated by their pids at the end (SIGTERM: ``ray start --block`` then stops its own children);
-    never ``ray stop``, which would kill every Ray on the host."""
-    import secrets
-    import shutil
-    import signal
-    import tempfile
+    never leak into the session's own ``ray_session`` or into other tests' ``ray`` CLI calls; drivers name the
+    cluster with ``resources.ray_address``). Both processes are terminated by their pids at the end; never
+    ``ray stop``, which would kill every Ray on the host. The session's private single-node Ray sets
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (it binds 127.0.0.1 then); with it a joining node refuses to start,
+    so the helper drops it from the nodes' environment."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from cluster import two_nodes
 
-    head_ip, worker_ip = "127.0.0.2", "127.0.0.3"
-    log_dir = tmp_path_factory.mktemp("ray_two_nodes")
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    env = {**os.environ, **S3_ENV, "AWS_ENDPOINT_URL": s3_server, "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60",
-           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",   # SIGTERM: stop at once (no drain wait)
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    # the session's private single-node Ray sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in os.environ (it binds
-    # 127.0.0.1 then); with it a joining node refuses to start, so the two-node cluster runs without it
-    for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
-        env.pop(k, None)
-
-    def free_port(ip: str) -> int:
-        with socket.socket() as s:
-            s.bind((ip, 0))
-            return s.getsockname()[1]
-
-    port = free_port(head_ip)
-    address = f"{head_ip}:{port}"
-    # Short private temp dirs (unix socket paths are limited to ~107 bytes); a private head temp dir also keeps
-    # /tmp/ray/ray_current_cluster untouched, so no other `ray.init()` on the host attaches to this cluster.
-    temp_dirs = [tempfile.mkdtemp(prefix="ray2n-", dir="/tmp") for _ in range(2)]
-    common = ["--block", "--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
-    cmds = {
-        "head": [ray_bin, "start", "--head", f"--node-ip-address={head_ip}", f"--port={port}",
-                 f"--ray-client-server-port={free_port(head_ip)}", "--include-dashboard=false",
-                 '--resources={"node_a": 1}', f"--temp-dir={temp_dirs[0]}", *common],
-        "worker": [ray_bin, "start", f"--address={address}", f"--node-ip-address={worker_ip}",
-                   '--resources={"node_b": 1}', f"--temp-dir={temp_dirs[1]}", *common],
-    }
-    procs: dict[str, subprocess.Popen] = {}
-
-    def tail(name: str) -> str:
-        return (log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
-
-    def wait_started(name: str, timeout: float = 120) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if "Ray runtime started" in (log_dir / f"{name}.log").read_text(errors="replace"):
-                return
-            if procs[name].poll() is not None:
-                break
-            time.sleep(0.5)
-        pytest.fail(f"ray start ({name}) did not come up:\n{tail(name)}")
-
-    def stop() -> None:
-        for name in ("worker", "head"):
-            p = procs.get(name)
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:   # last resort: its own process group (gcs, raylet, workers)
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(10)
-        for d in temp_dirs:
-            shutil.rmtree(d, ignore_errors=True)
-
+    extra = {**S3_ENV, "AWS_ENDPOINT_URL": s3_server, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60"}
+    cm = two_nodes(cpus=1, extra_env=extra, resources=({"node_a": 1}, {"node_b": 1}),
+                   log_dir=tmp_path_factory.mktemp("ray_two_nodes"))
     try:
-        for name in ("head", "worker"):
-            with open(log_dir / f"{name}.log", "wb") as out:
-                procs[name] = subprocess.Popen(cmds[name], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL, start_new_session=True)
-            wait_started(name)
-        probe = ("import ray, sys, time\n"
-                 f"ray.init(address={address!r}, log_to_driver=False)\n"
-                 "deadline = time.time() + 60\n"
-                 "while sum(n['Alive'] for n in ray.nodes()) < 2 and time.time() < deadline:\n"
-                 "    time.sleep(0.5)\n"
-                 "print(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']))\n")
-        r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
-        if r.returncode != 0 or f"['{head_ip}', '{worker_ip}']" not in r.stdout:
-            pytest.fail(f"two Ray nodes are not alive:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}\n{tail('head')}")
-        yield {"address": address, "env": env, "ips": (head_ip, worker_ip), "log_dir": log_dir}
+        cluster = cm.__enter__()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    try:
+        yield {**cluster, "env": {k: v for k, v in cluster["env"].items() if k != "RAY_ADDRESS"}}
     finally:
-        stop()
+        cm.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """A real ``mlflow server`` process on 127.0.0.1 (one uvicorn worker), its backend a SQLite file in a tmp dir
+    and its artifact store on the moto S3 endpoint (``--artifacts-destination s3://<bucket>/mlartifacts``:
+    artifacts are proxied through the server, so clients need no S3 credentials; the server process gets the
+    moto env, ``MLFLOW_S3_ENDPOINT_URL`` included). Waited for on ``/health`` (its first start runs the SQLite
+    migrations: several seconds), terminated by its pid at the end of the session.
+
+    Yields ``{"uri": "http://127.0.0.1:P", "bucket": "s3://...", "env": {...}}`` (``env``: what a client
+    process needs besides ``MLFLOW_TRACKING_URI``)."""
+    import signal
+    import urllib.request
+    import uuid
+
+    import fsspec
+
+    d = tmp_path_factory.mktemp("mlflow_server")
+    bucket = f"ltaug-mlflow-{uuid.uuid4().hex[:8]}"
+    s3_env = {**S3_ENV, "AWS_ENDPOINT_URL": s3_server, "MLFLOW_S3_ENDPOINT_URL": s3_server}
+    fs = fsspec.filesystem("s3", endpoint_url=s3_server, key=S3_ENV["AWS_ACCESS_KEY_ID"],
+                           secret=S3_ENV["AWS_SECRET_ACCESS_KEY"], skip_instance_cache=True)
+    fs.mkdir(bucket)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    log = open(d / "server.log", "wb")
+    proc = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
+                             "--artifacts-destination", f"s3://{bucket}/mlartifacts"],
+                            env={**os.environ, **s3_env, "MLFLOW_TRACKING_URI": ""}, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    t0 = time.time()
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() - t0 > 300:
+                pytest.fail(f"mlflow server did not come up:\n{(d / 'server.log').read_text(errors='replace')[-3000:]}")
+            time.sleep(0.3)
+        yield {"uri": url, "bucket": f"s3://{bucket}", "env": s3_env, "startup_s": time.time() - t0,
+               "log": d / "server.log"}
+    finally:
+        if proc.poll() is None:
+            proc.terminate()                        # this server (and its uvicorn worker) only, by pid
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)   # its own process group (start_new_session)
+                proc.wait(10)
+        log.close()

@@ -49,6 +49,7 @@ class ClassifierConfig:
                                                   "0.01, i.e. lr x0.01 after 160 and x0.0001 after 180 epochs)")
     grad_clip: float = F(0.0, ge=0.0, help="gradient-norm clip (0 = off; the CIFAR-LT recipe does not clip)")
     amp: bool = F(False, help="mixed precision where the device supports it (CUDA bf16/fp16)")
+    grad_accum: int = F(1, ge=1, help="micro-batches per optimizer step (effective batch = batch_size x grad_accum x workers; DDP syncs gradients on the last one only); 1 = off")
     warmup: float = F(0.1, ge=0.0, lt=1.0, help="linear warm-up as a fraction of training (CIFAR-LT recipe: 0.025 = 5 of 200 "
                                                  "epochs; short runs need a longer share)")
     la_tau: float = F(1.0, ge=0.0, help="logit_adjust and balanced_softmax: tau of logits + tau * log prior "
@@ -92,8 +93,20 @@ class FilterConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    features: str = F("classifier", choices=("classifier", "inception"), help="feature space of generative metrics")
-    inception_weights: str = F("", help="local Inception-v3 state_dict file (features=inception); never downloaded")
+    features: str = F("auto", choices=("auto", "inception", "evalnet"),
+                      help="feature space of the generative protocol: inception (eval.inception_weights), evalnet (a "
+                           "classifier trained once on all training images of the source, balanced, cached; no part "
+                           "in training or filtering), auto = inception when eval.inception_weights is set, else evalnet")
+    inception_weights: str = F("", help="local torchvision Inception-v3 state_dict file (features=inception/auto); "
+                                        "loaded strictly, never downloaded")
+    num_per_class: int = F(50, ge=2, help="generative protocol (evaluate with model.checkpoint; the pipeline report): "
+                                          "class-uniform samples per class")
+    min_real_per_class: int = F(20, ge=2, help="per-class reference: the class's training images, topped up with its "
+                                               "validation images when it has fewer than this")
+    evalnet_steps: int = F(500, ge=1, help="evalnet: training steps (architecture and optimiser from classifier.*; "
+                                           "class-balanced sampling)")
+    cas_steps: int = F(300, ge=0, help="CAS: steps of the classifier trained on the samples only, tested on the real "
+                                       "test set (architecture from classifier.*; 0 = skip, cas_acc null)")
     knn_k: int = F(5, ge=1, help="k of precision/recall, density/coverage, AvgkNN, LOF, rarity")
     kid_subsets: int = F(100, ge=1, help="KID: number of random subsets")
     kid_subset_size: int = F(1000, ge=2, help="KID: subset size (capped at the set sizes)")

@@ -65,11 +65,18 @@ class DataConfig:
 class RunConfig:
     output_dir: str = F("runs", help="where runs go (local path or s3://)")
     name: str = F("", help="run name (default: job name + config digest, stable so re-runs resume)")
+    shared_fs: bool = F(False, help="the local paths in run.output_dir / generate.output_uri / data.cache_dir / a "
+                                    "sqlite: tracking.uri are on a mount shared by every Ray node; without it a "
+                                    "cluster of more than one alive node refuses them before any work (use s3:// "
+                                    "and an http:// tracking server instead)")
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    uri: str = F("", help="MLflow tracking URI (default: sqlite database inside the output dir); 'none' disables")
+    uri: str = F("", help="MLflow tracking URI: an http(s):// tracking server (artifacts go to the server's artifact "
+                          "store), sqlite:///<abs path>, or 'none' (off); '' = $MLFLOW_TRACKING_URI when set, else an "
+                          "embedded SQLite store inside run.output_dir (one machine only: refused on a multi-node "
+                          "cluster unless run.shared_fs=true)")
     experiment: str = F("ltaug", help="MLflow experiment name")
 
 
@@ -78,5 +85,9 @@ class ResourcesConfig:
     num_workers: int = F(0, ge=0, help="Ray Train workers / Ray Data generator actors (0 = in-process without Ray; >= 1 starts or joins a Ray cluster)")
     use_gpu: bool = F(False, help="use GPUs (one per worker / actor)")
     cpus_per_worker: float = F(1.0, gt=0.0, help="CPUs reserved per worker / actor")
+    placement: str = F("pack", choices=("pack", "spread"),
+                       help="Ray Train workers: 'pack' fills a node before the next (fastest collectives), 'spread' puts "
+                            "them on as many nodes as possible (one per node when they fit: more host memory and disk "
+                            "bandwidth per worker, survives a node loss with fewer restarts)")
     max_failures: int = F(2, ge=-1, help="Ray Train / Data retries after a worker failure (-1 = forever)")
     ray_address: str = F("", help="Ray cluster address ('' = local or RAY_ADDRESS)")

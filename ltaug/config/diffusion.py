@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from .classify import ARCHS as CLASSIFIER_ARCHS
 from .schema import ConfigError, F
 
 LOSS_TERMS = ("mse", "cbdm", "aid", "infonce", "cond_uncond")
@@ -89,9 +90,29 @@ class LossConfig:
                                       "1.0 in CBDM's README")
     cbdm_commit: float = F(0.25, ge=0.0, help="CBDM commitment weight gamma")
     cbdm_prior: str = F("empirical", choices=("empirical", "uniform"), help="CBDM y' distribution")
-    aid: float = F(0.0, ge=0.0, help="DiffuLT AID-biased loss alpha (needs classifier.checkpoint); 0.1 in the paper")
+    aid: float = F(0.0, ge=0.0, help="DiffuLT AID-biased loss alpha (needs classifier.checkpoint, or loss.aid_features="
+                                     "own); 0.1 in the paper (see train_diffusion's aid_calibration for its real scale)")
     aid_gate: str = F("half", choices=("half", "alpha_bar", "none"),
-                      help="AID time gating: t < T/2, weight alpha_bar_t, or none")
+                      help="AID OOD side (d > 2 d_f) time gating: t < T/2, weight alpha_bar_t, or none")
+    aid_id_from: float = F(0.5, ge=0.0, le=1.0,
+                           help="AID ID side (d < r_id) acts only for t >= aid_id_from * T, where x0_hat is a generation "
+                                "rather than a reconstruction of the real x0 (0 = every t: penalises correct "
+                                "reconstructions at small t; 1 = ID side off)")
+    aid_radius_quantile: float = F(0.0, ge=0.0, le=1.0,
+                                   help="AID ID-side radius r_id: 0 = the feature bank's d_f (classifier.radius); "
+                                        "q in (0, 1] = the q-quantile of the real class distances in the loss's "
+                                        "feature space")
+    aid_features: str = F("filter", choices=("filter", "own"),
+                          help="AID feature network: filter = classifier.checkpoint (the filter's classifier); own = "
+                               "a separate classifier (loss.aid_checkpoint, or trained by train_diffusion on the real "
+                               "train split with seed + 1 and loss.aid_arch), so the filter does not judge the loss's "
+                               "own feature space")
+    aid_checkpoint: str = F("", help="loss.aid_features=own: classifier checkpoint of the loss's feature network "
+                                     "(empty = train one in train_diffusion)")
+    aid_arch: str = F("resnet20", choices=CLASSIFIER_ARCHS,
+                      help="loss.aid_features=own without aid_checkpoint: architecture of the trained feature network")
+    aid_normalize: bool = F(False, help="divide the AID term by sg(running mean AID / running mean eps-MSE), so alpha "
+                                        "is the AID term's share of the MSE's magnitude (see AIDLoss)")
     infonce: float = F(0.0, ge=0.0, help="CCUA InfoNCE weight alpha (x t/T); 1.0 in CCUA's U-Net script")
     infonce_temperature: float = F(0.1, gt=0.0, help="InfoNCE temperature tau (CCUA: 0.1)")
     infonce_mode: str = F("batch", choices=("batch", "queue", "supervised"),
@@ -123,6 +144,7 @@ class TrainConfig:
     grad_clip: float = F(1.0, ge=0.0, help="gradient-norm clip (0 = off)")
     ema_decay: float = F(0.999, ge=0.0, lt=1.0, help="EMA decay (0 = off)")
     amp: bool = F(True, help="mixed precision where the device supports it (CUDA bf16/fp16)")
+    grad_accum: int = F(1, ge=1, help="micro-batches per optimizer step (effective batch = batch_size x grad_accum x workers; DDP syncs gradients on the last one only); 1 = off")
     log_every: int = F(50, ge=1, help="log metrics every n steps")
     ckpt_every: int = F(500, ge=0, help="checkpoint every n steps (0 = only at the end)")
     sample_every: int = F(0, ge=0, help="sample grid every n steps (0 = only at the end)")
@@ -142,11 +164,19 @@ class SampleConfig:
     variance: str = F("fixedlarge", choices=("fixedlarge", "fixedsmall"), help="DDPM variance")
     clip_denoised: bool = F(False, help="clip x0_hat to [-1, 1] inside every step (CBDM clips only the returned image; "
                                         "clipping stabilises small or briefly trained models)")
+    bns_gamma: float = F(1.0, gt=0.0, help="Boost-and-Skip (Um, Kim & Ye, ICML 2025) guidance-free minority sampler: "
+                                           "initial noise x_T = gamma z (the reference uses 2.5-4.0); 1 = off")
+    bns_skip: int = F(0, ge=0, help="Boost-and-Skip: skip the first Delta respaced steps, starting from the boosted "
+                                    "noise at step Delta (the reference: 3 of 250); 0 = off; must be < sample.steps")
     batch_size: int = F(64, ge=1, help="images per sampler call")
     num_per_class: int = F(8, ge=1, help="images per class (jobs/sample.py)")
     classes: tuple[int, ...] = F((), help="classes to sample (empty = all)")
     seed: int = F(0, help="base seed; image k of a run uses a generator seeded from (seed, k)")
     use_ema: bool = F(True, help="sample with the EMA weights")
+
+    def validate(self, prefix: str) -> None:
+        if self.bns_skip >= self.steps:
+            raise ConfigError(f"{prefix}.bns_skip: {self.bns_skip} must be below {prefix}.steps={self.steps}")
 
 
 @dataclass(frozen=True)
@@ -167,7 +197,16 @@ class MinorityConfig:
     start: float = F(0.0, ge=0.0, le=1.0, help="active from this fraction of the trajectory (0 = first step)")
     stop: float = F(1.0, ge=0.0, le=1.0, help="inactive after this fraction of the trajectory")
     perturb: float = F(0.8, gt=0.0, lt=1.0, help="re-noising level s as a fraction of T")
-    distance: str = F("l2", choices=("l2", "classifier", "lpips"), help="discrepancy: L2, classifier features, LPIPS")
+    space: str = F("auto", choices=("auto", "eps", "mean"),
+                   help="where the guidance acts: mean = mean += w Sigma_t g (the reference, DDPM), eps = eps -= "
+                        "sqrt(1-ab_t) w g (classifier guidance in eps space; equals mean to first order under DDPM), "
+                        "auto = eps under DDIM, mean under DDPM")
+    target: str = F("cond", choices=("cond", "guided"),
+                    help="x0_hat the discrepancy is computed on: cond = the conditional model's (CFG applies to the "
+                         "step only), guided = after the step's other eps guidances (the CFG-extrapolated one)")
+    distance: str = F("auto", choices=("auto", "l2", "classifier", "lpips"),
+                      help="discrepancy: L2, classifier features, LPIPS; auto = classifier when classifier.checkpoint "
+                           "is given to generation, else l2")
     lpips_weights: str = F("", help="local LPIPS weights file (distance=lpips)")
 
     def validate(self, prefix: str) -> None:

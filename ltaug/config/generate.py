@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .classify import METHODS as CLASSIFIER_METHODS
 from .schema import ConfigError, F
@@ -14,7 +15,14 @@ class GenerateConfig:
     budget: tuple[int, ...] = F((), help="explicit per-class number of images (overrides target_per_class)")
     counts: tuple[int, ...] = F((), help="real per-class counts the plan tops up (empty = the counts stored in "
                                          "model.checkpoint, else the configured dataset)")
-    shard_size: int = F(256, ge=1, help="samples per shard (a shard is the unit of work and of atomic publish)")
+    shard_size: int = F(256, ge=1, help="samples per shard (a shard is the unit of work, retry and atomic publish)")
+    shard_target_mb: float = F(0.0, ge=0.0, help="size shards for training reads: samples per shard = this target "
+                                                 "over the estimated tar bytes of one sample at the checkpoint's "
+                                                 "image shape (overrides shard_size; 0 = use shard_size)")
+    max_shard_retries: int = F(3, ge=0, help="times a shard whose producer raises is tried again (in the same "
+                                             "worker) before the job fails naming the shard")
+    max_rounds: int = F(1, ge=1, help="refill: rounds of generation; after a round, classes the filter left below "
+                                      "their target get a further round (new seeds), up to this many in all")
     batch_size: int = F(64, ge=1, help="rows per generator call (does not change any image)")
     seed: int = F(0, help="generation seed (row seeds derive from it, the class and the index in the class)")
     minority_score: bool = F(True, help="record each image's minority score (Um et al. 2024) in its json")
@@ -30,14 +38,25 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    num_samples: int = F(4, ge=1, help="trials (x the grid when space values are lists)")
-    objective: str = F("tail_fid", choices=("tail_fid", "few_acc"), help="objective")
-    max_concurrent: int = F(1, ge=1, help="concurrent trials")
-    grace_period: int = F(1, ge=1, help="ASHA grace period (reports)")
-    reports: int = F(4, ge=1, help="reports per trial (ASHA rungs)")
-    search: str = F("choice", choices=("choice", "grid"), help="space values: random choice per trial, or a full grid")
-    space: dict[str, tuple[float, ...]] = F(default_factory=dict,
-                                             help="dotted key -> candidate values (grid/choice)")
+    num_samples: int = F(4, ge=1, help="trials (x the grid when tune.search=grid)")
+    objective: str = F("val_tail_fid", choices=("val_tail_fid", "val_few_acc", "tail_fid", "few_acc"),
+                       help="val_tail_fid: FID of generated few-class images against the few classes' *validation* "
+                            "images (never the training images); tail_fid/few_acc are retired names (an error says "
+                            "why); val_few_acc is not available yet")
+    max_concurrent: int = F(1, ge=1, help="concurrent trials (Ray; also the Optuna searcher's concurrency limit)")
+    grace_period: int = F(0, ge=0, help="ASHA grace period in diffusion training steps: no trial is stopped before "
+                                        "it has trained this many (0 = one report's worth, tune.train_steps / "
+                                        "tune.reports); at most the trial's steps")
+    reports: int = F(4, ge=1, help="reports per trial (each after a chunk of training; ASHA decides on their step)")
+    search: str = F("choice", choices=("choice", "grid"),
+                    help="list values of tune.space: one random pick per trial, or a full grid (x num_samples)")
+    searcher: str = F("random", choices=("random", "optuna"),
+                      help="random (seeded draws), or optuna (TPE; needs pip install 'ltaug[tune]'; not with "
+                           "tune.search=grid)")
+    space: dict[str, tuple[Any, ...] | dict[str, Any]] = F(default_factory=dict,
+                              help="dotted key -> a list of values, or {choice: [...]}, {uniform: [lo, hi]}, "
+                                   "{loguniform: [lo, hi]}, {randint: [lo, hi]} (ends included), e.g. "
+                                   "{loss.cbdm: {uniform: [0.5, 2]}, guidance.minority.start: [0, 0.5]}")
     train_steps: int = F(0, ge=0, help="diffusion steps per trial (0 = train.steps)")
     num_per_class: int = F(16, ge=1, help="images per tail class generated for the objective")
     trial_cpus: float = F(1.0, gt=0.0, help="CPUs reserved per trial (its Train worker)")
@@ -55,9 +74,19 @@ class PipelineConfig:
                               help="method of the downstream classifier trained on real + synthetic (DiffuLT: ce)")
     diffusion_steps: int = F(0, ge=0, help="diffusion training steps in the pipeline (0 = train.steps)")
     shards: str = F("", help="existing shards (local or s3://): skip generation")
+    seeds: tuple[int, ...] = F((), help="run every classifier stage (baseline, classical, augmented) once per seed "
+                                        "(root seed=<s>, child runs <stage>-s<s>); the summary holds the mean, "
+                                        "the sample std and per-seed rows (empty = one run at the config's seed)")
+    seed_diffusion: bool = F(False, help="with pipeline.seeds: also train the diffusion model and generate the "
+                                         "shards once per seed (seed=<s>, generate.seed=<s>); false = one "
+                                         "diffusion model and one shard set shared by all seeds")
 
     def validate(self, prefix: str) -> None:
         allowed = CLASSIFIER_METHODS
         bad = [m for m in self.classical if m not in allowed]
         if bad:
             raise ConfigError(f"{prefix}.classical: {bad[0]!r} is not allowed; choose from {list(allowed)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"{prefix}.seeds: {list(self.seeds)} repeats a seed")
+        if any(s < 0 for s in self.seeds):
+            raise ConfigError(f"{prefix}.seeds: {list(self.seeds)} has a negative seed")

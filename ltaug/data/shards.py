@@ -145,6 +145,52 @@ def check_manifest(uri: str, shards: list[str]) -> dict[str, Any] | None:
     return man
 
 
+class BadSample(DataError):
+    """One sample that fails validation; the message names the shard and the key (``on_bad`` decides)."""
+
+
+def decode_sample(s: dict[str, Any], image_size: int, channels: int, max_label: int, num_classes: int | None = None,
+                  with_meta: bool = False) -> tuple[np.ndarray, int, dict]:
+    """``(image uint8 [H,W,C], label, parsed json or {})`` of one :func:`iter_samples` record, with the checks of
+    :func:`read_shards` (an image and a .cls member, an integer label in ``0..max_label``, an image that decodes);
+    :class:`BadSample` naming the shard and key otherwise. Shared by the in-memory and the streaming readers."""
+    where = f"{s['__url__']} key {s['__key__']!r}"
+    img_ext = next((k for k in IMAGE_KEYS if k in s), None)
+    if img_ext is None or "cls" not in s:
+        raise BadSample(f"{where}: sample needs an image (.png/.jpg) and a .cls member, has "
+                        f"{sorted(k for k in s if not k.startswith('__'))}")
+    label = parse_label(s, max_label, num_classes)
+    meta: dict = {}
+    if with_meta and "json" in s:
+        try:
+            meta = storage.load_json(s["json"], f"{where}.json")
+        except ValueError as e:
+            raise BadSample(str(e)) from None
+    try:
+        img = decode(s[img_ext], where, image_size, channels)
+    except ImageDecodeError as e:
+        raise BadSample(str(e)) from None
+    return img, label, meta
+
+
+def parse_label(s: dict[str, Any], max_label: int, num_classes: int | None = None) -> int:
+    """The integer class of a record's ``.cls`` member, in ``0..max_label``; :class:`BadSample` otherwise."""
+    where = f"{s['__url__']} key {s['__key__']!r}"
+    if "cls" not in s:
+        raise BadSample(f"{where}: sample has no .cls member")
+    try:
+        text = s["cls"].decode("ascii").strip()
+        if not text.lstrip("-").isdigit() or len(text) > 12:
+            raise ValueError
+        label = int(text)
+    except (ValueError, UnicodeDecodeError):
+        raise BadSample(f"{where}: .cls is not an integer: {s['cls'][:20]!r}") from None
+    if label < 0 or label > max_label:
+        raise BadSample(f"{where}: label {label} out of range 0..{max_label}"
+                        + ("" if num_classes is not None else " (set data.num_classes / LTAUG_MAX_CLASSES if real)"))
+    return label
+
+
 def read_shards(uri: str, image_size: int, channels: int = 0, on_bad: str = "error",
                 num_classes: int | None = None, with_meta: bool = False) -> ImageSet | tuple[ImageSet, list[dict]]:
     """All samples of the shards under ``uri`` as an ImageSet (optionally with their parsed json).
@@ -174,33 +220,9 @@ def read_shards(uri: str, image_size: int, channels: int = 0, on_bad: str = "err
     for shard in shards:
         for s in iter_samples(shard):
             bar.update(1)
-            where = f"{shard} key {s['__key__']!r}"
-            img_ext = next((k for k in IMAGE_KEYS if k in s), None)
-            if img_ext is None or "cls" not in s:
-                bad(f"{where}: sample needs an image (.png/.jpg) and a .cls member, has {sorted(k for k in s if not k.startswith('__'))}")
-                continue
             try:
-                text = s["cls"].decode("ascii").strip()
-                if not text.lstrip("-").isdigit() or len(text) > 12:
-                    raise ValueError
-                label = int(text)
-            except (ValueError, UnicodeDecodeError):
-                bad(f"{where}: .cls is not an integer: {s['cls'][:20]!r}")
-                continue
-            if label < 0 or label > max_label:
-                bad(f"{where}: label {label} out of range 0..{max_label}"
-                    + ("" if num_classes is not None else " (set data.num_classes / LTAUG_MAX_CLASSES if real)"))
-                continue
-            meta: dict = {}
-            if with_meta and "json" in s:
-                try:
-                    meta = storage.load_json(s["json"], f"{where}.json")
-                except ValueError as e:
-                    bad(str(e))
-                    continue
-            try:
-                img = decode(s[img_ext], where, image_size, channels)
-            except ImageDecodeError as e:
+                img, label, meta = decode_sample(s, image_size, channels, max_label, num_classes, with_meta)
+            except BadSample as e:
                 bad(str(e))
                 continue
             images.append(img)

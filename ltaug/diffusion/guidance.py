@@ -2,20 +2,40 @@
 
 - :class:`ClassifierFree` (Ho & Salimans 2021; CBDM convention ``eps + omega (eps_c - eps_u)``,
   algorithms.md §1.2) acts in eps space and needs the unconditional prediction.
-- :class:`MinorityGuidance` (self-guided minority sampling, Um & Ye, ECCV 2024, §4.2-4.3) acts in mean
-  space: ``mean += w * Sigma_t * g / max|g|`` with ``g = grad_{x_t} D(x0_hat(x_t), sg x0_hat(x_s))``,
-  where ``x_s`` re-noises ``x0_hat`` to ``s = perturb * T``. It reuses the step's own forward pass
-  (run with grad on guided steps) and works under DDPM and DDIM.
+- :class:`MinorityGuidance` (self-guided minority sampling, Um & Ye, ECCV 2024, §4.2-4.3): with
+  ``g = grad_{x_t} D(x0_hat(x_t), sg x0_hat(x_s))`` (``x_s`` re-noises ``x0_hat`` to ``s = perturb * T``) and
+  ``g_hat = g / max|g|`` per sample, it acts in one of two spaces (``space``):
+
+  * ``mean``: ``mean += w * Sigma_t * g_hat`` (the reference's ``mg_scale_type='var'``, written for
+    ancestral DDPM; under DDIM Sigma_t is the grid's fixedlarge variance, which has no reference);
+  * ``eps``: ``eps += -sqrt(1 - ab_t) * w * g_hat`` -- classifier guidance in eps space (Dhariwal &
+    Nichol 2021, Alg. 2) with ``grad log p := w g_hat``. Derivation of the match: the DDPM mean is
+    ``mu = c0 x0_hat + c1 x_t`` with ``c0 = beta_t sqrt(ab_prev) / (1 - ab_t)`` and ``x0_hat = (x_t -
+    sqrt(1-ab_t) eps) / sqrt(ab_t)``, so ``d mu / d eps = -c0 sqrt(1-ab_t) / sqrt(ab_t)`` and the eps delta
+    moves the mean by ``c0 (1-ab_t) / sqrt(ab_t) w g_hat = beta_t / sqrt(alpha_t) w g_hat``: the mean form
+    with Sigma_t = beta_t (fixedlarge) up to ``1/sqrt(alpha_t) = 1 + O(beta_t)``. Same sign (ascent on D),
+    same scale to first order. Under DDIM the eps delta enters ``x0_hat`` and the direction term
+    coherently (and passes through ``clip_denoised``), which keeps the deterministic trajectory on the
+    model's manifold; to first order it moves the DDIM mean by ``beta_t / 2 * w g_hat`` (the probability-
+    flow ODE's half score).
+  * ``auto`` (default): ``eps`` under DDIM, ``mean`` under DDPM (the reference's own sampler).
+
+  ``target`` picks the ``x0_hat`` the discrepancy is computed on: ``cond`` (default) the conditional
+  model's prediction, re-denoised by the conditional model; ``guided`` the prediction after the step's
+  other eps-space guidances (the CFG-extrapolated one), re-denoised with them. CFG always applies to
+  the step itself. The guidance reuses the step's own forward pass (run with grad on guided steps).
 
 A guidance declares the predictions the loop must compute for it (``needs``: ``"uncond"``), the ``space``
 it acts in (``eps``: it returns a delta added to the conditional eps; ``mean``: a delta added to the
-stepper's posterior mean), whether it needs gradients through ``x_t`` (``needs_grad``) and when it is
-active (a shared :class:`Window`). The loop applies the active ones by space and names none of them.
-Adding a guidance is one class, one line in :data:`GUIDANCES` and one config section ``guidance.<name>``.
+stepper's posterior mean; :meth:`Guidance.space_for` resolves it per sampler), whether it needs
+gradients through ``x_t`` (``needs_grad``) and when it is active (a shared :class:`Window`). The loop
+applies the active ones by space and names none of them. Adding a guidance is one class, one line in
+:data:`GUIDANCES` and one config section ``guidance.<name>``.
 
 Discrepancies ``D`` (registry :data:`DISTANCES`): ``l2`` (the reference fallback, p = 2), ``classifier``
 (L2 in a frozen classifier's feature space, a perceptual distance without downloads) and ``lpips``
-(a local TorchScript LPIPS module; nothing is downloaded).
+(a local TorchScript LPIPS module; nothing is downloaded). ``auto`` (the config default) is
+``classifier`` when a classifier is given (generation with ``classifier.checkpoint``), else ``l2``.
 """
 from __future__ import annotations
 
@@ -31,6 +51,8 @@ MINORITY_PERTURB = 0.8  # s = 0.8 T (SG-minority p_ratio)
 MINORITY_EVERY = 5      # inter_rate (SG-minority default)
 
 SPACES = ("eps", "mean")
+MINORITY_SPACES = ("auto", "eps", "mean")   # auto: eps under DDIM, mean under DDPM
+MINORITY_TARGETS = ("cond", "guided")
 PREDICTIONS = ("uncond",)  # what a guidance may ask the loop for, besides the conditional eps
 
 Distance = Callable[[Tensor, Tensor], Tensor]  # (x0_hat [B,...] with grad, target [B,...]) -> [B]
@@ -64,23 +86,34 @@ class Window:
 # ---------------------------------------------------------------------------------- what guidances see
 @dataclass
 class EpsContext:
-    """What an eps-space guidance gets: ``pred["cond"]`` (always) and the predictions it ``needs``."""
+    """What an eps-space guidance gets: ``pred["cond"]`` (always) and the predictions it ``needs``.
+
+    ``eps`` is the running eps (the conditional one plus the deltas of the eps-space guidances applied
+    before this one); ``x_t`` is a leaf with grad on steps where an active guidance ``needs_grad``;
+    ``redenoise(x_s, s [B], guided) -> x0_hat(x_s)`` without grad (``guided``: with the step's grad-free
+    eps-space guidances, else the conditional model only); ``randn()`` draws per-sample noise."""
 
     x_t: Tensor                 # [B,C,H,W]
     t: Tensor                   # [B] training timesteps
     pred: Mapping[str, Tensor]  # "cond" -> eps_c [B,...]; "uncond" -> eps_u when asked for
     step: int                   # i of n (0 = noisiest)
     steps: int
+    eps: Tensor | None = None
+    schedule: NoiseSchedule | None = None
+    redenoise: Callable[[Tensor, Tensor, bool], Tensor] | None = None
+    randn: Callable[[], Tensor] | None = None
 
 
 @dataclass
 class MeanContext:
     """What a mean-space guidance gets after the stepper ran.
 
-    ``x_t`` is a leaf with ``requires_grad`` on steps where an active guidance ``needs_grad`` (``x0_hat``
-    and ``eps`` are then differentiable in it); ``var`` is the stepper's guidance variance;
-    ``redenoise(x_s, s [B]) -> x0_hat(x_s)`` uses the loop's own eps function (eps-space guidance
-    included) without grad; ``randn()`` draws ``[B,C,H,W]`` noise, row k from sample k's generator."""
+    ``x_t`` is a leaf with ``requires_grad`` on steps where an active guidance ``needs_grad`` (``x0_hat``,
+    ``eps`` and ``pred`` are then differentiable in it); ``var`` is the stepper's guidance variance;
+    ``redenoise(x_s, s [B], guided=True) -> x0_hat(x_s)`` uses the loop's own eps function without grad
+    (``guided``: with the step's grad-free eps-space guidances, else the conditional model only);
+    ``randn()`` draws ``[B,C,H,W]`` noise, row k from sample k's generator; ``pred`` holds the raw
+    predictions (``"cond"``, and ``"uncond"`` when computed)."""
 
     x_t: Tensor
     t: Tensor
@@ -93,6 +126,7 @@ class MeanContext:
     randn: Callable[[], Tensor]
     step: int
     steps: int
+    pred: Mapping[str, Tensor] | None = None
 
 
 class Guidance:
@@ -109,6 +143,10 @@ class Guidance:
 
     def active(self, i: int, n: int) -> bool:
         return self.scale != 0 and self.window.active(i, n)
+
+    def space_for(self, sampler: str) -> str:
+        """The space this guidance acts in under ``sampler`` (``ddpm`` / ``ddim``); default: ``space``."""
+        return self.space
 
     @classmethod
     def switched_on(cls, section: Any) -> bool:
@@ -153,14 +191,25 @@ def l2_distance(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).flatten(1).norm(dim=1)
 
 
+FEATURE_MIN_ROWS = 8  # as sample.MIN_ROWS: CPU kernels round differently for very small row counts
+
+
 class FeatureDistance:
-    """``||phi(a) - phi(b)||_2`` in a frozen classifier's feature space (``phi(x in [-1,1]) -> [B,D]``)."""
+    """``||phi(a) - phi(b)||_2`` in a frozen classifier's feature space (``phi(x in [-1,1]) -> [B,D]``).
+
+    ``a`` and ``b`` go through ``phi`` as one batch padded to at least 8 rows (repeating the first), so
+    sample k's distance does not depend on the batch split (the default distance when a classifier is given)."""
 
     def __init__(self, extractor: Callable[[Tensor], Tensor]) -> None:
         self.extractor = extractor
 
     def __call__(self, a: Tensor, b: Tensor) -> Tensor:
-        return (self.extractor(a) - self.extractor(b)).flatten(1).norm(dim=1)
+        B = a.shape[0]
+        x = torch.cat([a, b.to(a)])
+        if x.shape[0] < FEATURE_MIN_ROWS:
+            x = torch.cat([x, x[:1].expand(FEATURE_MIN_ROWS - x.shape[0], *x.shape[1:])])
+        phi = self.extractor(x)
+        return (phi[:B] - phi[B:2 * B]).flatten(1).norm(dim=1)
 
 
 class LPIPSDistance:
@@ -190,6 +239,20 @@ def _need_extractor(extractor):
     return extractor
 
 
+def resolve_distance(name: str, has_classifier: bool) -> str:
+    """``guidance.minority.distance`` as used: ``auto`` is ``classifier`` when a classifier is given, else ``l2``."""
+    if name == "auto":
+        return "classifier" if has_classifier else "l2"
+    if name not in DISTANCES:
+        raise ValueError(f"guidance.minority.distance: unknown {name!r}; choose auto or one of {sorted(DISTANCES)}")
+    return name
+
+
+def wants_classifier(section: Any, has_checkpoint: bool) -> bool:
+    """Whether minority guidance ``section`` uses a classifier: ``distance=classifier``, or ``auto`` with one."""
+    return section.scale > 0 and (section.distance == "classifier" or (section.distance == "auto" and has_checkpoint))
+
+
 # Registry: name -> factory(extractor=None, lpips_weights="") -> Distance
 DISTANCES: dict[str, Callable[..., Distance]] = {
     "l2": lambda extractor=None, lpips_weights="": l2_distance,
@@ -200,43 +263,69 @@ DISTANCES: dict[str, Callable[..., Distance]] = {
 
 # ---------------------------------------------------------------------- minority (Um & Ye, ECCV 2024)
 class MinorityGuidance(Guidance):
-    """Self-guided minority sampling (Um & Ye 2024) in mean space; see the module docstring.
+    """Self-guided minority sampling (Um & Ye 2024); see the module docstring for the two spaces.
 
-    ``delta_mean`` gets the step's ``x_t`` (a leaf with grad) and its differentiable ``x0_hat``, re-noises
-    the detached ``x0_hat`` to ``s`` with per-sample noise, re-denoises without grad, and returns
-    ``scale * var * g / max|g|`` (sign +: ascent on the discrepancy)."""
+    On a guided step it takes the step's differentiable ``x0_hat`` (of ``target``), re-noises its detached
+    copy to ``s`` with per-sample noise, re-denoises without grad, and differentiates the discrepancy
+    w.r.t. ``x_t``: ``g_hat = g / max|g|``. ``space=mean`` returns ``scale * var * g_hat`` (a mean delta);
+    ``space=eps`` returns ``-sqrt(1 - ab_t) * scale * g_hat`` (an eps delta); ``auto`` picks eps under
+    DDIM and mean under DDPM."""
 
-    space, needs, needs_grad, scale_key = "mean", (), True, "scale"
+    needs, needs_grad, scale_key = (), True, "scale"
 
     def __init__(self, scale: float, window: Window = Window(every=MINORITY_EVERY),
-                 perturb: float = MINORITY_PERTURB, distance: Distance = l2_distance) -> None:
+                 perturb: float = MINORITY_PERTURB, distance: Distance = l2_distance, *,
+                 space: str = "auto", target: str = "cond") -> None:
         if scale < 0 or not 0 < perturb < 1:
             raise ValueError("minority guidance: need scale >= 0 and 0 < perturb < 1")
+        if space not in MINORITY_SPACES:
+            raise ValueError(f"guidance.minority.space: unknown {space!r}; choose one of {MINORITY_SPACES}")
+        if target not in MINORITY_TARGETS:
+            raise ValueError(f"guidance.minority.target: unknown {target!r}; choose one of {MINORITY_TARGETS}")
         self.scale, self.window = float(scale), window
         self.perturb, self.distance = perturb, distance
+        self.space, self.target = space, target
+
+    def space_for(self, sampler: str) -> str:
+        if self.space != "auto":
+            return self.space
+        return "eps" if sampler == "ddim" else "mean"
 
     @classmethod
     def from_config(cls, section: Any, *, extractor: Callable[[Tensor], Tensor] | None = None,
                     **context: Any) -> "MinorityGuidance":
-        """``extractor``: the frozen classifier's features (``distance=classifier``)."""
-        dist = DISTANCES[section.distance](extractor=extractor, lpips_weights=section.lpips_weights)
-        return cls(section.scale, Window.from_config(section), section.perturb, dist)
+        """``extractor``: the frozen classifier's features (``distance=classifier``, and ``auto`` with one)."""
+        name = resolve_distance(section.distance, extractor is not None)
+        dist = DISTANCES[name](extractor=extractor, lpips_weights=section.lpips_weights)
+        return cls(section.scale, Window.from_config(section), section.perturb, dist,
+                   space=section.space, target=section.target)
 
     def perturb_t(self, schedule: NoiseSchedule) -> int:
         return min(int(self.perturb * schedule.T), schedule.T - 1)
 
-    def delta_mean(self, ctx: MeanContext) -> Tensor:
-        x_t, x0_hat = ctx.x_t, ctx.x0_hat
-        noise = ctx.randn()  # eps' [B,...]
-        s = torch.full((x_t.shape[0],), self.perturb_t(ctx.schedule), device=x_t.device, dtype=torch.long)
+    def direction(self, x_t: Tensor, x0_hat: Tensor, schedule: NoiseSchedule, redenoise, randn) -> Tensor:
+        """``g_hat = g / max|g|`` per sample, ``g = grad_{x_t} D(x0_hat, sg x0_hat(x_s))``."""
+        noise = randn()  # eps' [B,...]
+        s = torch.full((x_t.shape[0],), self.perturb_t(schedule), device=x_t.device, dtype=torch.long)
         with torch.no_grad():
-            x_s = ctx.schedule.q_sample(x0_hat.detach(), s, noise)
-            target = ctx.redenoise(x_s, s)
+            x_s = schedule.q_sample(x0_hat.detach(), s, noise)
+            target = redenoise(x_s, s, self.target == "guided")
         with torch.enable_grad():
             loss = self.distance(x0_hat, target).sum()
             (g,) = torch.autograd.grad(loss, x_t, retain_graph=True)  # another guidance may need the graph
-        g = g / g.flatten(1).abs().amax(1).clamp_min(1e-12).reshape(-1, *([1] * (g.dim() - 1)))
-        return self.scale * ctx.var * g
+        return g / g.flatten(1).abs().amax(1).clamp_min(1e-12).reshape(-1, *([1] * (g.dim() - 1)))
+
+    def delta_mean(self, ctx: MeanContext) -> Tensor:
+        x0_hat = (ctx.x0_hat if self.target == "guided" or ctx.pred is None
+                  else ctx.schedule.eps_to_x0(ctx.x_t, ctx.t, ctx.pred["cond"]))
+        return self.scale * ctx.var * self.direction(ctx.x_t, x0_hat, ctx.schedule, ctx.redenoise, ctx.randn)
+
+    def delta_eps(self, ctx: EpsContext) -> Tensor:
+        sch = ctx.schedule
+        eps = ctx.eps if self.target == "guided" and ctx.eps is not None else ctx.pred["cond"]
+        x0_hat = sch.eps_to_x0(ctx.x_t, ctx.t, eps)
+        g_hat = self.direction(ctx.x_t, x0_hat, sch, ctx.redenoise, ctx.randn)
+        return -(1 - sch.at(sch.alpha_bar, ctx.t, ctx.x_t)).sqrt() * self.scale * g_hat
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -260,4 +349,5 @@ def guidances_from_config(gcfg: Any, *, extractor: Callable[[Tensor], Tensor] | 
 
 __all__ = ["GUIDANCES", "Guidance", "Window", "EpsContext", "MeanContext", "ClassifierFree", "MinorityGuidance",
            "DISTANCES", "FeatureDistance", "LPIPSDistance", "l2_distance", "guidances_from_config",
-           "MINORITY_PERTURB", "MINORITY_EVERY", "SPACES", "PREDICTIONS"]
+           "MINORITY_PERTURB", "MINORITY_EVERY", "SPACES", "PREDICTIONS", "MINORITY_SPACES", "MINORITY_TARGETS",
+           "resolve_distance", "wants_classifier"]

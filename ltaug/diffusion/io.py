@@ -70,4 +70,5 @@ def classifier_feature_space(uri: str, device: str | torch.device = "cpu") -> Si
 
 
 def needs_classifier(cfg) -> bool:
-    return cfg.loss.aid > 0 or (cfg.guidance.minority.scale > 0 and cfg.guidance.minority.distance == "classifier")
+    from .guidance import wants_classifier  # distance=classifier, or auto with classifier.checkpoint
+    return cfg.loss.aid > 0 or wants_classifier(cfg.guidance.minority, bool(cfg.classifier.checkpoint))

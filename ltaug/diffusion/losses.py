@@ -54,11 +54,13 @@ class FeatureSpace(Protocol):
 
 @dataclass
 class SimpleFeatureSpace:
-    """A :class:`FeatureSpace` from a callable and tensors (what ``load_classifier`` gives: ``model.features``, bank)."""
+    """A :class:`FeatureSpace` from a callable and tensors (what ``load_classifier`` gives: ``model.features``, bank);
+    ``id_radii [C]``: the AID loss's ID-side radius when it is not ``radii`` (``loss.aid_radius_quantile``)."""
 
     extractor: Callable[[Tensor], Tensor]
     centers: Tensor
     radii: Tensor
+    id_radii: Tensor | None = None
 
 
 @dataclass
@@ -174,33 +176,79 @@ class CBDMLoss:
         return ctx.w_t * (_sq(h, hp.detach()) + self.commit * _sq(h.detach(), hp))
 
 
+AID_GATES = ("half", "alpha_bar", "none")
+AID_NORM_MOMENTUM = 0.99   # running means of loss.aid_normalize (an EMA over steps)
+
+
 class AIDLoss:
-    """DiffuLT AID-biased loss, **reconstructed** (the paper's equation was not available, §2.3):
-    ``d = ||phi(clip(x0_hat)) - mu_y||``, loss ``relu(d_f - d) + relu(d - 2 d_f)`` (zero inside the AID
-    band ``(d_f, 2 d_f]``), gated in time because ``x0_hat`` is meaningless at large t: ``half`` keeps
-    ``t < T/2``, ``alpha_bar`` weights by ``alpha_bar_t``, ``none`` keeps all. The classifier is frozen;
-    the gradient reaches theta through ``x0_hat``. Applies on label-dropped batches too (x_t is still of
-    class y). Swap this class in :data:`TERMS` to use the paper's equation."""
+    """DiffuLT AID-biased loss, **reconstructed** (§2.3): our sources for the paper give no equation, only that
+    the frozen feature extractor judges the denoised prediction and the loss "penalises ID and OOD" generations
+    (bias toward AID, ``d_f < d <= 2 d_f``). With ``x0_hat = clip(Tweedie(x_t, eps_theta))``,
+    ``d = ||phi(x0_hat) - mu_y||``:  ``L_AID = 1[t >= t_id] relu(r_id - d) + g(t) relu(d - 2 d_f)``.
+
+    - ID side, only for ``t >= t_id = aid_id_from * T``: at small t x0_hat is a reconstruction of the real
+      image, which is ID (``classifier.radius=max``: d_f = the largest real distance), so an ID penalty there
+      fights the eps-MSE and pushes correct reconstructions out (adversarially, through the frozen
+      classifier); the AID bias belongs where the model generates. ``r_id``: the bank's d_f, or ``id_radii``
+      (a quantile of the real distances, ``loss.aid_radius_quantile``).
+    - OOD side: never penalises a real image (d <= d_f); ``gate`` g because x0_hat is meaningless at large t:
+      ``half`` keeps t < T/2, ``alpha_bar`` weights by alpha_bar_t, ``none`` keeps all.
+
+    A correct reconstruction at ``t < t_id`` costs nothing. The gradient reaches theta through x0_hat. Applies
+    on label-dropped batches too (x_t is still of class y). ``normalize`` (``loss.aid_normalize``): the term is
+    in feature units, the eps-MSE in pixel units (~1 at init, ~0.03 trained), so alpha=0.1 is not "10 % of the
+    MSE" (train_diffusion's ``aid_calibration`` measures it); the per-sample term is multiplied by
+    ``sg(m_mse / m_aid)``, EMAs (momentum 0.99, over steps, not checkpointed) of the batch eps-MSE and AID
+    means, so alpha is the AID term's share of the MSE's magnitude. Swap this class in :data:`TERMS` for the
+    paper's equation."""
 
     name, passes, needs_features = "aid", ("cond",), False
 
-    def __init__(self, space: FeatureSpace, gate: str = "half") -> None:
-        if gate not in ("half", "alpha_bar", "none"):
+    def __init__(self, space: FeatureSpace, gate: str = "half", id_from: float = 0.5,
+                 id_radii: Tensor | None = None, normalize: bool = False) -> None:
+        if gate not in AID_GATES:
             raise ValueError(f"loss.aid_gate: unknown {gate!r}; choose half, alpha_bar or none")
-        self.space, self.gate = space, gate
+        if not 0.0 <= id_from <= 1.0:
+            raise ValueError(f"loss.aid_id_from: {id_from} must be a fraction of T in [0, 1]")
+        if id_radii is not None and id_radii.shape != space.radii.shape:
+            raise ValueError(f"AID id_radii {tuple(id_radii.shape)} must match the feature bank's radii "
+                             f"{tuple(space.radii.shape)}")
+        self.space, self.gate, self.id_from, self.normalize = space, gate, id_from, normalize
+        self.id_radii = id_radii
+        self.m_mse: float | None = None
+        self.m_aid: float | None = None
 
-    def __call__(self, ctx: LossContext) -> Tensor:
+    def sides(self, ctx: LossContext) -> tuple[Tensor, Tensor, Tensor]:
+        """``(id_side [B], ood_side [B], d [B])``, each side with its time gate applied."""
         x0_hat = ctx.schedule.eps_to_x0(ctx.x_t, ctx.t, ctx.pred("cond").eps).clamp(-1, 1)
         phi = self.space.extractor(x0_hat)
         mu = self.space.centers.to(phi)[ctx.y]
-        r = self.space.radii.to(phi)[ctx.y]
+        d_f = self.space.radii.to(phi)[ctx.y]
+        r_id = (self.id_radii if self.id_radii is not None else self.space.radii).to(phi)[ctx.y]
         d = (phi - mu).norm(dim=1)
-        loss = Fn.relu(r - d) + Fn.relu(d - 2 * r)
+        t_id = self.id_from * ctx.schedule.T
+        id_side = Fn.relu(r_id - d) * (ctx.t >= t_id).to(d.dtype)
+        ood_side = Fn.relu(d - 2 * d_f)
         if self.gate == "half":
-            loss = loss * (ctx.t < ctx.schedule.T // 2).to(loss.dtype)
+            ood_side = ood_side * (ctx.t < ctx.schedule.T // 2).to(d.dtype)
         elif self.gate == "alpha_bar":
-            loss = loss * ctx.schedule.alpha_bar[ctx.t.cpu()].to(loss)
+            ood_side = ood_side * ctx.schedule.alpha_bar[ctx.t.cpu()].to(d)
+        return id_side, ood_side, d
+
+    def __call__(self, ctx: LossContext) -> Tensor:
+        id_side, ood_side, _ = self.sides(ctx)
+        loss = id_side + ood_side
+        if self.normalize:
+            loss = loss * self._scale(ctx, loss)
         return loss
+
+    def _scale(self, ctx: LossContext, loss: Tensor) -> float:
+        mse = float(_sq(ctx.pred("cond").eps.detach(), ctx.noise).mean())
+        aid = float(loss.detach().mean())
+        k = AID_NORM_MOMENTUM
+        self.m_mse = mse if self.m_mse is None else k * self.m_mse + (1 - k) * mse
+        self.m_aid = aid if self.m_aid is None else k * self.m_aid + (1 - k) * aid
+        return self.m_mse / max(self.m_aid, 1e-8)
 
 
 class InfoNCELoss:
@@ -303,7 +351,8 @@ LossTerm = Union[MSELoss, CBDMLoss, AIDLoss, InfoNCELoss, CondUncondLoss]
 TERMS: dict[str, Callable[..., LossTerm]] = {
     "mse": lambda cfg, space=None: MSELoss(),
     "cbdm": lambda cfg, space=None: CBDMLoss(commit=cfg.cbdm_commit),
-    "aid": lambda cfg, space=None: AIDLoss(_need_space(space), gate=cfg.aid_gate),
+    "aid": lambda cfg, space=None: AIDLoss(_need_space(space), gate=cfg.aid_gate, id_from=cfg.aid_id_from,
+                                           id_radii=getattr(space, "id_radii", None), normalize=cfg.aid_normalize),
     "infonce": lambda cfg, space=None: InfoNCELoss(temperature=cfg.infonce_temperature, mode=cfg.infonce_mode,
                                                    queue_size=cfg.infonce_queue),
     "cond_uncond": lambda cfg, space=None: CondUncondLoss(),
@@ -312,7 +361,8 @@ TERMS: dict[str, Callable[..., LossTerm]] = {
 
 def _need_space(space: FeatureSpace | None) -> FeatureSpace:
     if space is None:
-        raise ValueError("loss.aid > 0 needs a classifier feature space (set classifier.checkpoint)")
+        raise ValueError("loss.aid > 0 needs a classifier feature space (set classifier.checkpoint, or "
+                         "loss.aid_features=own)")
     return space
 
 

@@ -70,11 +70,15 @@ class EpsFn:
     """The loop's eps function: ``fn(x_t, t, eps_guidances, step, steps) -> eps``.
 
     Runs the forward passes the given eps-space guidances need (cond + uncond batched into one [2B]
-    forward) and adds their deltas to the conditional eps. ``forwards`` counts model calls."""
+    forward) and adds their deltas to the conditional eps, in order (each sees the running eps).
+    ``forwards`` counts model calls. ``schedule`` and ``randn`` are handed to the guidances' contexts;
+    :meth:`with_pred` also returns the raw predictions."""
 
-    def __init__(self, model: nn.Module, labels: Tensor, num_classes: int) -> None:
+    def __init__(self, model: nn.Module, labels: Tensor, num_classes: int,
+                 schedule: NoiseSchedule | None = None, randn: Callable[[], Tensor] | None = None) -> None:
         self.model, self.labels = model, labels
         self.null = torch.full_like(labels, num_classes)
+        self.schedule, self.randn = schedule, randn
         self.forwards = 0
 
     def predict(self, x: Tensor, t: Tensor, needs: set[str]) -> dict[str, Tensor]:
@@ -87,19 +91,27 @@ class EpsFn:
 
     def __call__(self, x: Tensor, t: Tensor, eps_guidances: Sequence[Any] = (), step: int = 0,
                  steps: int = 1, needs: set[str] | None = None) -> Tensor:
+        return self.with_pred(x, t, eps_guidances, step, steps, needs)[0]
+
+    def with_pred(self, x: Tensor, t: Tensor, eps_guidances: Sequence[Any] = (), step: int = 0,
+                  steps: int = 1, needs: set[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         pred = self.predict(x, t, needs if needs is not None else {k for g in eps_guidances for k in g.needs})
         eps = pred["cond"]
         if eps_guidances:
-            ctx = EpsContext(x, t, pred, step, steps)
+            ctx = EpsContext(x, t, pred, step, steps, eps=eps, schedule=self.schedule,
+                             redenoise=_redenoiser(self, self.schedule, eps_guidances, step, steps),
+                             randn=self.randn)
             for g in eps_guidances:
+                ctx.eps = eps
                 eps = eps + g.delta_eps(ctx)
-        return eps
+        return eps, pred
 
 
-def _check(guidances: Sequence[Any]) -> None:
+def _check(guidances: Sequence[Any], sampler: str) -> None:
     for g in guidances:
-        if g.space not in SPACES:
-            raise ValueError(f"{type(g).__name__}: unknown guidance space {g.space!r}; choose one of {SPACES}")
+        space = g.space_for(sampler)
+        if space not in SPACES:
+            raise ValueError(f"{type(g).__name__}: unknown guidance space {space!r}; choose one of {SPACES}")
         bad = set(g.needs) - set(PREDICTIONS)
         if bad:
             raise ValueError(f"{type(g).__name__}: unknown predictions {sorted(bad)}; the loop offers {PREDICTIONS}")
@@ -111,14 +123,19 @@ def sample(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Seq
     """Draw ``len(labels)`` images ``[B,C,H,W]`` in [-1, 1]; image k depends only on (labels[k], seeds[k]).
 
     ``scfg``: the ``sample`` config section (``sampler``, ``steps``, ``eta``, ``variance``,
-    ``clip_denoised``). ``guidances``: plug-ins (see :mod:`ltaug.diffusion.guidance`), applied in order
+    ``clip_denoised``, ``bns_gamma``, ``bns_skip``; the last two default to 1 and 0 when absent). ``guidances``: plug-ins (see :mod:`ltaug.diffusion.guidance`), applied in order
     within their space. ``labels`` may contain ``num_classes`` (the null label) for unconditional
     samples. Device and dtype follow the model's parameters.
     """
     if len(seeds) != len(labels):
         raise ValueError(f"{len(labels)} labels but {len(seeds)} seeds")
     guidances = list(guidances)
-    _check(guidances)
+    _check(guidances, scfg.sampler)
+    gamma, skip = float(getattr(scfg, "bns_gamma", 1.0)), int(getattr(scfg, "bns_skip", 0))
+    if gamma <= 0:
+        raise ValueError(f"sample.bns_gamma must be > 0, got {gamma}")
+    if not 0 <= skip < scfg.steps:
+        raise ValueError(f"sample.bns_skip must be in [0, sample.steps={scfg.steps}), got {skip}")
     p = next(model.parameters())
     device, dtype = p.device, p.dtype
     spec_m = getattr(model, "spec", None)
@@ -130,29 +147,32 @@ def sample(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Seq
     grid = schedule.respace(scfg.steps)
     stepper = make_stepper(scfg.sampler, grid, eta=scfg.eta, variance=scfg.variance,
                            clip_denoised=scfg.clip_denoised)
-    eps_fn = EpsFn(model, labels, C)
     n = len(grid)
     randn: Callable[[], Tensor] = lambda: per_sample_randn(gens, shape, device, dtype)  # noqa: E731
+    eps_fn = EpsFn(model, labels, C, schedule, randn)
     x = randn()
+    if gamma != 1.0:
+        x = gamma * x   # BnS boosted x_T
     # Runs without any grad-needing guidance never need autograd: inference_mode also skips version
     # counters and view tracking. (Otherwise no_grad: inference tensors cannot later become leaves.)
     ever_grad = any(g.needs_grad for g in guidances)
     with _eval(model), (torch.no_grad() if ever_grad else torch.inference_mode()):
-        for i, t_i in enumerate(grid.t):
-            t = torch.full((len(labels),), t_i, device=device, dtype=torch.long)
+        for i in range(skip, n):
+            t = torch.full((len(labels),), grid.t[i], device=device, dtype=torch.long)
             on = [g for g in guidances if g.active(i, n)]
-            on_eps = [g for g in on if g.space == "eps"]
-            on_mean = [g for g in on if g.space == "mean"]
+            on_eps = [g for g in on if g.space_for(scfg.sampler) == "eps"]
+            on_mean = [g for g in on if g.space_for(scfg.sampler) == "mean"]
             grad = any(g.needs_grad for g in on)
             x_in = x.detach().requires_grad_(True) if grad else x
             with torch.enable_grad() if grad else _nothing():
-                eps = eps_fn(x_in, t, on_eps, i, n)
+                eps, pred = eps_fn.with_pred(x_in, t, on_eps, i, n)
                 mean, std = stepper.step(i, x_in, eps)
                 if on_mean:
                     ctx = MeanContext(
                         x_t=x_in, t=t, eps=eps, x0_hat=schedule.eps_to_x0(x_in, t, eps), mean=mean,
                         var=stepper.guidance_variance(i), schedule=schedule,
-                        redenoise=_redenoiser(eps_fn, schedule, on_eps, i, n), randn=randn, step=i, steps=n)
+                        redenoise=_redenoiser(eps_fn, schedule, on_eps, i, n), randn=randn, step=i, steps=n,
+                        pred=pred)
                     for g in on_mean:
                         mean = mean.detach() + g.delta_mean(ctx)
             if i < n - 1 and std > 0:
@@ -167,10 +187,14 @@ def _nothing():
     yield
 
 
-def _redenoiser(eps_fn: EpsFn, schedule: NoiseSchedule, on_eps: list, i: int, n: int):
-    def redenoise(x_s: Tensor, s: Tensor) -> Tensor:
+def _redenoiser(eps_fn: EpsFn, schedule: NoiseSchedule, on_eps: Sequence[Any], i: int, n: int):
+    """``redenoise(x_s, s, guided=True)``: x0_hat of the loop's eps at ``(x_s, s)`` without grad; ``guided``
+    applies the step's grad-free eps-space guidances (never a grad-needing one: no recursion)."""
+    free = [g for g in on_eps if not g.needs_grad]
+
+    def redenoise(x_s: Tensor, s: Tensor, guided: bool = True) -> Tensor:
         with torch.no_grad():
-            return schedule.eps_to_x0(x_s, s, eps_fn(x_s, s, on_eps, i, n))
+            return schedule.eps_to_x0(x_s, s, eps_fn(x_s, s, free if guided else (), i, n))
     return redenoise
 
 

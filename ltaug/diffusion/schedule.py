@@ -1,7 +1,9 @@
 """Noise schedules (DDPM, Ho et al. 2020; cosine, Nichol & Dhariwal 2021) and respaced sampling grids.
 
 All tables are float64 on the CPU; :meth:`NoiseSchedule.at` gathers them for a batch of timesteps and
-casts to the input's device and dtype, so device and dtype follow the input.
+casts to the input's device and dtype, so device and dtype follow the input. Timesteps that live on an
+accelerator are gathered from a copy of the table on that device (made once), so a training step or a guided
+sampling step never copies ``t`` back to the host (no synchronisation); the values are the same.
 """
 from __future__ import annotations
 
@@ -37,6 +39,14 @@ class NoiseSchedule:
         self.posterior_variance = betas * (1 - self.alpha_bar_prev) / (1 - self.alpha_bar)
         self.posterior_coef_x0 = betas * self.alpha_bar_prev.sqrt() / (1 - self.alpha_bar)
         self.posterior_coef_xt = (1 - self.alpha_bar_prev) * self.alphas.sqrt() / (1 - self.alpha_bar)
+        self._on_device: dict = {}   # (table id, device) -> the table on that device
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_on_device"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._on_device = {}
 
     # -- construction ---------------------------------------------------------------------------
     @staticmethod
@@ -64,7 +74,14 @@ class NoiseSchedule:
 
     def at(self, table: Tensor, t: Tensor, like: Tensor) -> Tensor:
         """Gather ``table[t]`` for t [B] and broadcast like ``like`` [B,C,H,W]."""
-        return _bcast(table[t.detach().long().cpu()], like)
+        t = t.detach().long()
+        if t.device.type == "cpu":
+            return _bcast(table[t], like)
+        key = (id(table), t.device)
+        dev = self._on_device.get(key)
+        if dev is None:   # float64 where the device has it (MPS does not); the cast to like's dtype comes after
+            dev = self._on_device[key] = table.to(t.device, torch.float32 if t.device.type == "mps" else table.dtype)
+        return _bcast(dev[t], like)
 
     # -- forward process and conversions --------------------------------------------------------
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:  # x0 [B,C,H,W], t [B]

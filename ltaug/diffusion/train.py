@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..data.types import to_model_range
 from ..train import LoopSpec, StepBatches, TrainResult, fit
 from ..train import checkpoint as ckpt_io
 from .guidance import guidances_from_config
@@ -29,11 +30,13 @@ GRID_PER_CLASS = 4
 class DiffusionObjective:
     """``objective(model, step, generator) -> (loss, logs)`` for ``fit``.
 
+    ``x0``: float ``[N,C,H,W]`` in [-1, 1], or the uint8 ``[N,H,W,C]`` image array itself (e.g. the dataset
+    artifact's memory map), whose rows are gathered and converted per step (no full copy per worker).
     Step s uses the batch ``batches.indices(s)``; t, noise, the label-drop coin and the prior labels all
     come from the step's generator, so a step is a pure function of (weights, s).
     """
 
-    def __init__(self, schedule: NoiseSchedule, loss: CompositeLoss, x0: Tensor, y: Tensor,
+    def __init__(self, schedule: NoiseSchedule, loss: CompositeLoss, x0: Tensor | np.ndarray, y: Tensor,
                  batches: StepBatches | ResampledBatches, num_classes: int, *, label_drop: float = 0.1,
                  prior: np.ndarray | Tensor | None = None,
                  gather: Callable[[Tensor], Tensor] | None = None) -> None:
@@ -47,7 +50,10 @@ class DiffusionObjective:
 
     def draw(self, step: int, g: torch.Generator, device: torch.device) -> dict[str, Any]:
         idx = self.batches.indices(step)
-        x0 = self.x0[idx].to(device)
+        if isinstance(self.x0, np.ndarray):   # uint8 [N,H,W,C] (a memory map): only this batch's rows are read
+            x0 = to_model_range(np.asarray(self.x0[idx.numpy()])).to(device)
+        else:
+            x0 = self.x0[idx].to(device)
         y = self.y[idx].to(device)
         B = x0.shape[0]
         t = torch.randint(0, self.schedule.T, (B,), generator=g, device=g.device).to(device)
@@ -78,7 +84,7 @@ def loop_spec(cfg) -> LoopSpec:
     t = cfg.train
     return LoopSpec(steps=t.steps, lr=t.lr, optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay,
                     warmup=t.warmup, milestones=tuple(int(round(m * t.steps)) for m in t.milestones),
-                    gamma=t.lr_gamma, grad_clip=t.grad_clip, ema_decay=t.ema_decay, amp=t.amp,
+                    gamma=t.lr_gamma, grad_clip=t.grad_clip, ema_decay=t.ema_decay, amp=t.amp, grad_accum=t.grad_accum,
                     log_every=t.log_every, ckpt_every=t.ckpt_every, keep_checkpoints=t.keep_checkpoints,
                     seed=cfg.seed, desc="diffusion")
 
@@ -114,7 +120,7 @@ def train_diffusion(cfg, data, world, ckpt_dir: str | None, *, feature_space: Fe
     from ..config import public_dict
 
     train = data.train
-    x0, y = train.tensors()
+    x0, y = train.images, torch.from_numpy(np.asarray(train.labels, dtype=np.int64))   # images stay memory-mapped
     C = train.num_classes
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)

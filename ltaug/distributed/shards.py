@@ -1,68 +1,163 @@
-"""Ray Data for ``RayLauncher.map_shards``: ``range(#pending) -> map_batches(actor pool of producers) ->
-map_batches(publish)``, streamed; a shard is the unit of work, retry and commit."""
+"""Ray Data for ``RayLauncher.map_shards`` / ``map_verify``.
+
+Generation: ``from_items(#pending, one block per shard) -> map_batches(actor pool of producers that publish,
+batch_size=1)``, streamed; only slim stats reach the driver. No stage but the actors reserves a CPU, so
+``num_workers x cpus_per_worker`` may fill the cluster (a ``range`` read task or a separate publish task
+with a CPU would then never be scheduled; a 0-CPU publish task spawned a worker process per shard), and the
+tar bytes never cross the object store (the actor writes its shard with one atomic write; the sampler
+waits for that write, small against the sampling of a shard). One shard per Ray Data task: the retry unit
+equals the commit unit, so a lost actor loses only the shards it was working on, and shards are published
+one by one as they finish (never in bursts of a multi-shard block). Faults:
+
+- an application error in a producer is retried in the actor up to ``generate.max_shard_retries`` times
+  (:func:`ltaug.generate.produce_with_retries`), then the job fails with one line naming the shard (Ray
+  Data's ``actor_task_retry_on_errors`` stays off: its retries would not name the shard); a killed actor is
+  restarted and its in-flight shards retried by Ray Data's defaults (``max_restarts=-1``,
+  ``max_task_retries=-1``; overriding them needs ``**ray_remote_args``, deprecated in 2.60);
+- ``resources.use_gpu`` on a cluster without GPUs is refused before anything is scheduled (Ray would wait
+  for a GPU forever), and an actor that lands where CUDA is not available fails at construction, naming
+  the key and the node (never a silent CPU run); constructor failures are not retried.
+
+Driver cost of one block per shard grows with the blocks of one execution (Ray Data keeps a block and its
+metadata per shard), measured on a loaded 2-core box (benchmarks/bench_scale.py ``block_planning``, private
+local Ray, trivial producer): 1,000 blocks: whole run 23.7 s, first result after 7.3 s, 233 MB peak driver
+RSS (118 MB at start); 10,000 blocks: first result after 29.8 s, 279 MB (the ``range`` variant: ~575 MB).
+So more than :data:`WINDOW` pending shards run as consecutive executions of ``WINDOW`` shards each: the
+driver stays bounded, at the price of one actor-pool start (a model load) per window - negligible against
+10,000 shards of work. With ``generate.shard_target_mb`` sized shards (e.g. 256 MB = 43.7k samples at 32x32x3)
+10M images are only ~230 shards anyway.
+
+Verify: ``from_items(#shards, one block per shard) -> map_batches(check, task pool)``; each task returns its
+shard's small result as JSON.
+"""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Sequence
+import re
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from .runtime import ensure_ray
 
+WINDOW = 10_000   # shards (= Ray Data blocks) per execution; more pending shards run as consecutive windows
+SHARD_ERROR = re.compile(r"(generate: shard \d+ \([^)]*\) failed[^\n]*|resources\.use_gpu=true[^\n]*)")
+
+
+class GpuMissingError(RuntimeError):
+    """``resources.use_gpu`` but the actor's process has no CUDA: an error, never a CPU run."""
+
 
 class ShardActor:
-    """Ray Data actor: builds the producer once, then turns pending-shard positions into tar bytes."""
+    """Ray Data actor: builds the producer once, then turns pending-shard positions into published shards and
+    passes only their slim stats on (the tar bytes never enter the object store)."""
 
-    def __init__(self, make_producer: Callable[[], Any], pending: np.ndarray) -> None:
+    def __init__(self, make_producer: Callable[[], Any], pending: np.ndarray, use_gpu: bool = False,
+                 retries: int = 0, publish: Callable[[bytes, Any], Any] | None = None) -> None:
+        if use_gpu:
+            import socket
+
+            import torch
+
+            if not torch.cuda.is_available():
+                raise GpuMissingError(f"resources.use_gpu=true but CUDA is not available in the generator actor on "
+                                      f"{socket.gethostname()} (torch {torch.__version__}); fix the node's GPU "
+                                      f"driver or set resources.use_gpu=false (no silent CPU run)")
         self.producer = make_producer()
         self.pending = np.asarray(pending, dtype=np.int64)
+        self.retries = int(retries)
+        self.publish = publish
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        shards, tars, stats = [], [], []
+        from ..generate import produce_with_retries
+
+        shards, stats = [], []
         for pos in np.asarray(batch["id"], dtype=np.int64):
             s = int(self.pending[pos])
-            data, st = self.producer(s)
+            data, st = produce_with_retries(self.producer, s, self.retries)
+            if self.publish is not None:
+                self.publish(data, st)            # the commit: one atomic write, in the task that made it
             shards.append(s)
-            tars.append(data)
-            stats.append(json.dumps(st.to_dict()))
-        return {"shard": np.asarray(shards, np.int64), "tar": np.asarray(tars, dtype=object),
-                "stats": np.asarray(stats, dtype=object)}
+            stats.append(json.dumps(st.slim().to_dict()))
+        return {"shard": np.asarray(shards, np.int64), "stats": np.asarray(stats, dtype=object)}
 
 
-def _publish_batch(batch: dict[str, np.ndarray], publish: Callable[[bytes, Any], None]) -> dict[str, np.ndarray]:
-    """Ray Data writer task: publish each shard atomically; pass only the small stats on."""
-    from ..generate import ShardStats
+def check_gpus(cfg: Any, cluster: dict[str, float]) -> None:
+    """Up front: ``resources.use_gpu`` needs GPUs in the cluster (else Ray would wait for them forever)."""
+    if cfg.resources.use_gpu and cluster.get("GPU", 0) < 1:
+        raise GpuMissingError(f"resources.use_gpu=true but the Ray cluster has no GPU resources "
+                              f"({ {k: v for k, v in cluster.items() if k in ('CPU', 'GPU')} }); add GPU nodes or set "
+                              f"resources.use_gpu=false")
 
-    for data, st in zip(batch["tar"], batch["stats"]):
-        publish(bytes(data), ShardStats.from_dict(json.loads(st)))
-    return {"shard": np.asarray(batch["shard"]), "stats": np.asarray(batch["stats"], dtype=object)}
+
+def _clean(e: BaseException) -> BaseException | None:
+    """The one-line error of ours inside a Ray Data failure (the shard that kept failing, a missing GPU)."""
+    m = SHARD_ERROR.search(str(e))
+    return RuntimeError(m.group(1).strip()) if m else None
 
 
-def map_shards(cfg: Any, make_producer, pending: Sequence[int], publish, on_done) -> None:
-    """``RayLauncher.map_shards``: Ray Data over the pending shards, published as they complete."""
+def _configure(ray: Any) -> None:
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = False
+    ctx.max_errored_blocks = 0  # a failed shard fails the job (after retries): never silent data loss
+    ctx.actor_task_retry_on_errors = False       # application errors: retried in the actor, bounded
+    ctx.max_consecutive_actor_init_deaths = 0    # a constructor error (no CUDA) fails at once
+
+
+def map_shards(cfg: Any, make_producer, pending: Sequence[int], publish, on_done, retries: int = 0) -> None:
+    """``RayLauncher.map_shards``: Ray Data over the pending shards, one per task, published as they complete."""
     import ray
 
     if not pending:
         return
     res = cfg.resources
-    ensure_ray(res)
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = False
-    ctx.max_errored_blocks = 0  # a failed shard fails the job (after retries): never silent data loss
-    n = len(pending)
+    check_gpus(cfg, ensure_ray(res))
+    _configure(ray)
     pool: dict[str, Any] = {"size": max(1, int(res.num_workers))}
     if cfg.generate.max_in_flight:
         pool["max_tasks_in_flight_per_actor"] = cfg.generate.max_in_flight
-    ds = ray.data.range(n, override_num_blocks=min(n, 1000))
-    ds = ds.map_batches(ShardActor, fn_constructor_kwargs={"make_producer": make_producer,
-                                                            "pending": np.asarray(pending, np.int64)},
-                        batch_size=1, compute=ray.data.ActorPoolStrategy(**pool),
-                        num_cpus=res.cpus_per_worker, num_gpus=1 if res.use_gpu else 0, zero_copy_batch=True)
-    ds = ds.map_batches(_publish_batch, fn_kwargs={"publish": publish}, batch_size=1, num_cpus=0.1)
     from ..generate import ShardStats
 
+    pending = np.asarray(pending, np.int64)
+    for lo in range(0, len(pending), WINDOW):         # driver memory bounded by WINDOW blocks
+        window = pending[lo:lo + WINDOW]
+        n = len(window)
+        # one block = one task = one shard; blocks put from the driver (a ``range`` read task would need a whole
+        # CPU, which a cluster filled with generator actors does not have: the pipeline would never start)
+        ds = ray.data.from_items([{"id": i} for i in range(n)], override_num_blocks=n)
+        ds = ds.map_batches(ShardActor, fn_constructor_kwargs={"make_producer": make_producer, "pending": window,
+                                                                "use_gpu": bool(res.use_gpu), "retries": retries,
+                                                                "publish": publish},
+                            batch_size=1, compute=ray.data.ActorPoolStrategy(**pool),
+                            num_cpus=res.cpus_per_worker, num_gpus=1 if res.use_gpu else 0, zero_copy_batch=True)
+        try:
+            for row in ds.iter_rows():
+                on_done(ShardStats.from_dict(json.loads(row["stats"])))
+        except Exception as e:  # noqa: BLE001 - re-raised as our one line when it is ours, else unchanged
+            clean = _clean(e)
+            if clean is None:
+                raise
+            raise clean from None
+
+
+def _verify_batch(batch: dict[str, np.ndarray], check: Callable[[Any], dict]) -> dict[str, np.ndarray]:
+    out = [json.dumps(check((int(r), int(s)))) for r, s in zip(batch["round"], batch["shard"])]
+    return {"result": np.asarray(out, dtype=object)}
+
+
+def map_verify(cfg: Any, check: Callable[[Any], dict], items: Sequence[Sequence[int]]) -> Iterable[dict]:
+    """``RayLauncher.map_verify``: ``check((round, shard))`` as Ray Data tasks, one shard per task."""
+    import ray
+
+    if not items:
+        return
+    ensure_ray(cfg.resources)
+    _configure(ray)
+    rows = [{"round": int(r), "shard": int(s)} for r, s in items]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ds.map_batches(_verify_batch, fn_kwargs={"check": check}, batch_size=1, num_cpus=1)
     for row in ds.iter_rows():
-        on_done(ShardStats.from_dict(json.loads(row["stats"])))
+        yield json.loads(row["result"])
 
 
-__all__ = ["map_shards", "ShardActor"]
+__all__ = ["map_shards", "map_verify", "ShardActor", "GpuMissingError", "check_gpus"]

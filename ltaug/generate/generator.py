@@ -20,6 +20,7 @@ from .. import storage
 
 SCORE_SEED_SALT = 0x5C0E  # minority-score noise uses a seed derived from, but distinct from, the image seed
 SAMPLER_KEYS = ("sampler", "steps", "eta", "variance", "clip_denoised")  # the sample keys that change an image
+BNS_KEYS = {"bns_gamma": 1.0, "bns_skip": 0}  # Boost-and-Skip: in the digest only when switched on (old digests hold)
 LOCAL_ONLY_KEYS = ("lpips_weights",)  # guidance keys naming a local file: where it lies never changes an image
 
 
@@ -30,6 +31,7 @@ def generation_settings(cfg: Any, checkpoint_digest: str) -> dict[str, Any]:
     that cannot change an image cannot change the digest), ``minority_score``, ``score_iters`` and the
     checkpoint digest. Never the checkpoint path, the device or a local weights path."""
     from ..diffusion import GUIDANCES
+    from ..diffusion.guidance import resolve_distance
 
     s = cfg.sample
     guidance: dict[str, Any] = {}
@@ -37,9 +39,13 @@ def generation_settings(cfg: Any, checkpoint_digest: str) -> dict[str, Any]:
         section = getattr(cfg.guidance, name)
         if cls.switched_on(section):
             guidance[name] = {k: v for k, v in asdict(section).items() if k not in LOCAL_ONLY_KEYS}
+            if guidance[name].get("distance") == "auto":  # as used: classifier with a classifier, else l2
+                guidance[name]["distance"] = resolve_distance("auto", bool(cfg.classifier.checkpoint))
         else:
             guidance[name] = {cls.scale_key: getattr(section, cls.scale_key)}
-    return {"sampler": {k: getattr(s, k) for k in SAMPLER_KEYS}, "use_ema": s.use_ema, "guidance": guidance,
+    sampler = {k: getattr(s, k) for k in SAMPLER_KEYS}
+    sampler.update({k: getattr(s, k) for k, off in BNS_KEYS.items() if getattr(s, k) != off})
+    return {"sampler": sampler, "use_ema": s.use_ema, "guidance": guidance,
             "minority_score": cfg.generate.minority_score, "score_iters": cfg.generate.score_iters,
             "checkpoint_digest": checkpoint_digest}
 
@@ -79,11 +85,12 @@ class ImageGenerator:
     def _build(self) -> dict[str, Any]:
         if self._built is None:
             from ..diffusion import guidances_from_config, load_diffusion
+            from ..diffusion.guidance import wants_classifier
 
             loaded = load_diffusion(self.checkpoint, device=self.device, use_ema=self.cfg.sample.use_ema)
             m = self.cfg.guidance.minority
             extractor = None
-            if m.scale > 0 and m.distance == "classifier":
+            if wants_classifier(m, bool(self.cfg.classifier.checkpoint)):   # distance auto: the classifier when given
                 extractor = self._classifier_features()
             self._built = {"model": loaded.model, "schedule": loaded.schedule, "extra": loaded.extra,
                            "guidances": guidances_from_config(self.cfg.guidance, extractor=extractor)}

@@ -8,25 +8,32 @@ versions (``_plan.json``, ``_stats/``, ``manifest.json`` beside the tars) are re
 resuming the same plan skips published shards; a different plan is refused with an error naming the
 existing digest. :func:`verify` checks an output against its plan: every planned id present exactly once
 (kept in a shard, or dropped with a reason), no duplicates, no foreign keys, every shard a valid tar
-whose members decode.
+whose members decode (:mod:`.verify`, one task per shard on a cluster).
+
+Refill rounds (``generate.max_rounds``) are further plans of the root plan, each claimed exclusively in
+``.ltaug/rounds/round-<r>.json`` before any of its shards; the output holds the shards of every round and the
+manifest sums them, with the rounds and each class's shortfall against its target.
+
+At scale (10M images, 40k shards): a resume lists the output once (:func:`list_shards`, names and sizes) and
+reads the published shards' stats concurrently (:data:`IO_WORKERS` threads); a publish re-reads only the
+plan file (:func:`check_claim`), never the listing.
 """
 from __future__ import annotations
 
-import io
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any, Iterable
-
-import numpy as np
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Sequence
 
 from .. import storage
-from .plan import GenerationPlan, parse_key
+from .plan import GenerationPlan
 from .shards import LEGACY_MANIFEST_FILE, LEGACY_PLAN_FILE, MANIFEST_FILE, PLAN_FILE, ShardStats, read_stats
 
 MAX_PLAN_BYTES = 64 << 20   # a plan is small; anything bigger is not ours
 SHARD_RE = re.compile(r"gen-([0-9a-f]{8})-(\d{6})\.tar$")
 MAX_PROBLEMS = 50
+IO_WORKERS = 32             # concurrent stats reads / shard checks on resume (S3 latency-bound)
+ROUNDS_DIR = ".ltaug/rounds"
 
 
 class PlanConflictError(ValueError):
@@ -73,6 +80,65 @@ def list_tars(output_uri: str) -> list[str]:
     return [u for u in storage.listdir(output_uri, ".tar")]
 
 
+def list_shards(output_uri: str) -> dict[str, tuple[str, int]]:
+    """``{name: (uri, bytes)}`` of the ``*.tar`` directly under ``output_uri``: one listing call."""
+    fs, path = storage.get_fs(output_uri)
+    try:
+        entries = storage.with_retry(lambda: fs.ls(path, detail=True), f"list {output_uri}")
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for e in entries:
+        name = e["name"].rstrip("/")
+        if e.get("type") != "directory" and name.endswith(".tar"):
+            out[name.rsplit("/", 1)[-1]] = (storage._restore_scheme(output_uri, name), int(e.get("size") or 0))
+    return out
+
+
+def pmap(fn: Callable[[Any], Any], items: Sequence[Any], workers: int = IO_WORKERS) -> list[Any]:
+    """``[fn(x) for x in items]`` on a thread pool (storage reads are latency-bound), in order."""
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as ex:
+        return list(ex.map(fn, items))
+
+
+# ------------------------------------------------------------------------------------------ refill rounds
+
+
+def round_uri(output_uri: str, r: int) -> str:
+    return storage.join(output_uri, ROUNDS_DIR, f"round-{r:04d}.json")
+
+
+def read_rounds(output_uri: str, root: GenerationPlan) -> list[GenerationPlan]:
+    """The plans of every round claimed in ``output_uri``: ``[root, round 1, round 2, ...]``."""
+    plans = [root]
+    while True:
+        uri = round_uri(output_uri, len(plans))
+        try:
+            d = storage.load_json(storage.read_bytes(uri, max_bytes=MAX_PLAN_BYTES), uri)
+        except FileNotFoundError:
+            return plans
+        try:
+            p = GenerationPlan.from_dict(d)
+        except (ValueError, KeyError, TypeError) as e:
+            raise PlanConflictError(f"{uri}: unreadable refill plan ({type(e).__name__}: {e}); the output is "
+                                    f"damaged: delete {output_uri} or use another generate.output_uri") from None
+        if p.parent != root.digest or p.round != len(plans):
+            raise PlanConflictError(f"{uri}: refill round {p.round} of plan {p.parent}, not round {len(plans)} of "
+                                    f"{root.digest}; the output is damaged or mixed")
+        plans.append(p)
+
+
+def claim_round(output_uri: str, plan: GenerationPlan) -> GenerationPlan:
+    """Claim refill round ``plan.round`` exclusively; returns the round plan the output holds (this one, or
+    the one an earlier run of the same job claimed - it was derived from the same published stats)."""
+    uri = round_uri(output_uri, plan.round)
+    storage.create_exclusive(uri, json.dumps(plan.to_dict(), sort_keys=True, indent=1).encode())
+    d = storage.load_json(storage.read_bytes(uri, max_bytes=MAX_PLAN_BYTES), uri)
+    return GenerationPlan.from_dict(d)
+
+
 def _conflict(output_uri: str, existing: GenerationPlan, plan: GenerationPlan) -> PlanConflictError:
     changed = sorted(k for k in set(existing.to_dict()) | set(plan.to_dict())
                      if existing.to_dict().get(k) != plan.to_dict().get(k))
@@ -85,8 +151,9 @@ def _conflict(output_uri: str, existing: GenerationPlan, plan: GenerationPlan) -
         f"generate.output_uri, or delete {output_uri} to replace it.")
 
 
-def _foreign(output_uri: str, plan: GenerationPlan, tars: list[str]) -> None:
-    ours = {plan.shard_name(s) for s in range(plan.num_shards)}
+def _foreign(output_uri: str, plan: GenerationPlan, tars: Iterable[str],
+             rounds: Sequence[GenerationPlan] = ()) -> None:
+    ours = {p.shard_name(s) for p in (plan, *rounds) for s in range(p.num_shards)}
     foreign = [t for t in tars if t.rsplit("/", 1)[-1] not in ours]
     if foreign:
         raise PlanConflictError(f"{output_uri} holds {len(foreign)} shard(s) that are not part of plan {plan.digest} "
@@ -116,14 +183,17 @@ def claim_output(output_uri: str, plan: GenerationPlan) -> bool:
     return created
 
 
-def check_claim(output_uri: str, plan: GenerationPlan) -> None:
-    """Re-check, before committing (a shard, the manifest), that ``output_uri`` still belongs to ``plan``."""
+def check_claim(output_uri: str, plan: GenerationPlan, *, listing: bool = False) -> None:
+    """Re-check, before committing (a shard, the manifest), that ``output_uri`` still belongs to ``plan``: one
+    read of the plan file (another ltaug job cannot take a claimed output); with ``listing`` also that no
+    foreign shards appeared (one listing: done once per run, not per shard)."""
     existing = read_plan(output_uri)
     if existing is None:            # removed meanwhile (a released claim): take it again, exclusively
         claim_output(output_uri, plan)
     elif existing.digest != plan.digest:
         raise _conflict(output_uri, existing, plan)
-    _foreign(output_uri, plan, list_tars(output_uri))
+    if listing:
+        _foreign(output_uri, plan, list_tars(output_uri), read_rounds(output_uri, plan)[1:])
 
 
 def release_claim(output_uri: str, plan: GenerationPlan) -> bool:
@@ -140,9 +210,15 @@ def release_claim(output_uri: str, plan: GenerationPlan) -> bool:
 
 
 def shard_intact(output_uri: str, plan: GenerationPlan, shard: int) -> str:
-    """Cheap check of a published shard before a re-run skips it: its stats load, its size equals the size
-    recorded in the stats, it starts with a valid tar header and ends with the end-of-archive marker.
-    Returns "" when intact, else why not."""
+    """Cheap check of a published shard before a re-run skips it; "" when intact, else why not."""
+    return check_published(output_uri, plan, shard)[0]
+
+
+def check_published(output_uri: str, plan: GenerationPlan, shard: int,
+                    size: int | None = None) -> tuple[str, ShardStats | None]:
+    """``(why, stats)``: the shard's stats load, its size (``size`` from the listing, else a stat) equals the
+    size its stats record, it starts with a valid tar header and ends with the end-of-archive marker.
+    ``why`` is "" when intact; the stats are returned so a resume reads them once."""
     import tarfile
 
     name = plan.shard_name(shard)
@@ -150,23 +226,50 @@ def shard_intact(output_uri: str, plan: GenerationPlan, shard: int) -> str:
     try:
         st = read_stats(output_uri, name)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"stats missing or unreadable ({type(e).__name__})"
+        return f"stats missing or unreadable ({type(e).__name__})", None
     fs, path = storage.get_fs(uri)
     try:
-        size = int(storage.with_retry(lambda: fs.size(path), f"stat {uri}"))
+        if size is None:
+            size = int(storage.with_retry(lambda: fs.size(path), f"stat {uri}"))
         if size != st.bytes:
-            return f"{size} bytes but its stats say {st.bytes}"
+            return f"{size} bytes but its stats say {st.bytes}", st
         if size < 3 * tarfile.BLOCKSIZE:
-            return "too short for a tar"
+            return "too short for a tar", st
         head = storage.with_retry(lambda: fs.cat_file(path, start=0, end=tarfile.BLOCKSIZE), f"read {uri}")
         tail = storage.with_retry(lambda: fs.cat_file(path, start=size - 2 * tarfile.BLOCKSIZE, end=size),
                                   f"read {uri}")
         tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
     except (OSError, tarfile.TarError) as e:
-        return f"unreadable ({type(e).__name__}: {e})"
+        return f"unreadable ({type(e).__name__}: {e})", st
     if tail.strip(b"\0"):
-        return "no end-of-archive marker (truncated or overwritten)"
-    return ""
+        return "no end-of-archive marker (truncated or overwritten)", st
+    return "", st
+
+
+def scan_output(output_uri: str, plans: Sequence[GenerationPlan], *, check: bool = True,
+                on_damaged=None) -> dict[str, dict[int, ShardStats]]:
+    """One listing of ``output_uri``; refuses foreign shards; checks every published shard of ``plans``
+    concurrently (:func:`check_published`). Returns ``{plan digest: {shard: stats}}`` of the intact ones; a
+    damaged one is left out (so it is generated again) and reported through ``on_damaged(name, why)``."""
+    listing = list_shards(output_uri)
+    _foreign(output_uri, plans[0], listing, plans[1:])
+    todo = [(p, s) for p in plans for s in range(p.num_shards) if p.shard_name(s) in listing]
+    out: dict[str, dict[int, ShardStats]] = {p.digest: {} for p in plans}
+
+    def one(item):
+        p, s = item
+        if not check:
+            return read_stats(output_uri, p.shard_name(s)), ""
+        why, st = check_published(output_uri, p, s, listing[p.shard_name(s)][1])
+        return st, why
+
+    for (p, s), (st, why) in zip(todo, pmap(one, todo)):
+        if why:
+            if on_damaged is not None:
+                on_damaged(p.shard_name(s), why)
+            continue
+        out[p.digest][s] = st
+    return out
 
 
 def prepare_output(output_uri: str, plan: GenerationPlan, *, check: bool = True,
@@ -175,54 +278,59 @@ def prepare_output(output_uri: str, plan: GenerationPlan, *, check: bool = True,
 
     Raises :class:`PlanConflictError` when the directory belongs to another plan (a different budget, seed,
     checkpoint, sampler, guidance or filter): re-using it would mix two generations silently. With
-    ``check``, every published shard is checked cheaply (:func:`shard_intact`); a damaged one is left out
-    of the result (so it is generated again) and reported through ``on_damaged(name, why)``.
+    ``check``, every published shard is checked cheaply (:func:`check_published`, concurrently); a damaged
+    one is left out of the result (so it is generated again) and reported through ``on_damaged(name, why)``.
     """
     claim_output(output_uri, plan)
-    tars = list_tars(output_uri)
-    _foreign(output_uri, plan, tars)
-    ours = {plan.shard_name(s): s for s in range(plan.num_shards)}
-    done = sorted(ours[t.rsplit("/", 1)[-1]] for t in tars)
     if not check:
-        return done
-    intact = []
-    for s in done:
-        why = shard_intact(output_uri, plan, s)
-        if why:
-            if on_damaged is not None:
-                on_damaged(plan.shard_name(s), why)
-            continue
-        intact.append(s)
-    return intact
+        listing = list_shards(output_uri)
+        plans = read_rounds(output_uri, plan)
+        _foreign(output_uri, plan, listing, plans[1:])
+        return sorted(s for s in range(plan.num_shards) if plan.shard_name(s) in listing)
+    return sorted(scan_output(output_uri, read_rounds(output_uri, plan), on_damaged=on_damaged)[plan.digest])
 
 
-def build_manifest(plan: GenerationPlan, stats: Iterable[ShardStats],
-                   class_names: Iterable[str] = ()) -> dict[str, Any]:
-    """Per-class counts summed over shard stats, plus the plan identity, the class names, the settings every
-    sample shares and the shard list."""
+def build_manifest(plan: GenerationPlan, stats: Iterable[ShardStats], class_names: Iterable[str] = (),
+                   rounds: Sequence[GenerationPlan] = (), max_rounds: int = 1) -> dict[str, Any]:
+    """Per-class counts summed over the shard stats of ``plan`` and its refill ``rounds``, plus the plan
+    identity, the class names, the settings every sample shares, the shard list, the rounds and each
+    class's shortfall (its target, ``plan.budget``, minus what was kept)."""
     C = plan.num_classes
     names = [str(n) for n in class_names] or [str(c) for c in range(C)]
     if len(names) != C:
         raise ValueError(f"build_manifest: {len(names)} class names for {C} classes")
     tot = {k: [0] * C for k in ("requested", "generated", "kept", "dropped")}
+    by_plan = {p.digest: {"round": p.round, "plan": p.digest, "seed": p.seed, "budget": list(p.budget),
+                          "num_shards": p.num_shards, "published": 0, "kept": [0] * C} for p in (plan, *rounds)}
     cats: dict[str, int] = {}
     shards = []
-    for st in sorted(stats, key=lambda s: s.shard):
+    for st in sorted(stats, key=lambda s: (by_plan.get(s.plan, {}).get("round", 0), s.shard)):
         for k in tot:
             for c, n in getattr(st, k).items():
                 tot[k][c] += n
+        if st.plan in by_plan:
+            by_plan[st.plan]["published"] += 1
+            for c, n in st.kept.items():
+                by_plan[st.plan]["kept"][c] += n
         for cat, n in st.categories.items():
             cats[cat] = cats.get(cat, 0) + n
         shards.append({"name": st.name, "shard": st.shard, "kept": sum(st.kept.values()), "bytes": st.bytes})
+    total_bytes = sum(s["bytes"] for s in shards)
+    shortfall = [max(0, int(b) - k) for b, k in zip(plan.budget, tot["kept"])]
     return {"format": "ltaug-manifest-v1", "plan": plan.digest, "seed": plan.seed, "shard_size": plan.shard_size,
-            "order": plan.order, "num_classes": C, "class_names": names, "budget": list(plan.budget), "per_class": tot, "categories": cats,
-            "requested": sum(tot["requested"]), "generated": sum(tot["generated"]),
+            "order": plan.order, "num_classes": C, "class_names": names, "budget": list(plan.budget), "per_class": tot,
+            "categories": cats, "requested": sum(tot["requested"]), "generated": sum(tot["generated"]),
             "written": sum(tot["kept"]), "dropped": sum(tot["dropped"]), "num_shards": len(shards),
-            "complete": len(shards) == plan.num_shards, "shards": shards, "settings": plan.settings}
+            "complete": all(r["published"] == r["num_shards"] for r in by_plan.values()), "shards": shards,
+            "settings": plan.settings, "rounds": list(by_plan.values()), "max_rounds": int(max_rounds),
+            "target_per_class": list(plan.budget), "shortfall_per_class": shortfall, "shortfall": sum(shortfall),
+            "bytes_per_sample": round(total_bytes / max(1, sum(tot["kept"])), 1),
+            "mean_shard_mb": round(total_bytes / max(1, len(shards)) / 2**20, 3)}
 
 
 def collect_stats(output_uri: str, plan: GenerationPlan, shards: Iterable[int]) -> list[ShardStats]:
-    return [read_stats(output_uri, plan.shard_name(s)) for s in shards]
+    """The stats of published shards of ``plan``, read concurrently."""
+    return pmap(lambda s: read_stats(output_uri, plan.shard_name(s)), list(shards))
 
 
 def write_manifest(output_uri: str, manifest: dict[str, Any]) -> str:
@@ -231,150 +339,9 @@ def write_manifest(output_uri: str, manifest: dict[str, Any]) -> str:
     return uri
 
 
-# ------------------------------------------------------------------------------------------ verify
+from .verify import VerifyReport, verify  # noqa: E402  (kept importable from here)
 
-
-@dataclass
-class VerifyReport:
-    output_uri: str
-    plan: str = ""
-    shards_expected: int = 0
-    shards_found: int = 0
-    samples: int = 0
-    dropped: int = 0
-    missing: int = 0
-    duplicates: int = 0
-    bad: int = 0
-    per_class_kept: list[int] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def problem(self, msg: str) -> None:
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(msg)
-        elif len(self.problems) == MAX_PROBLEMS:
-            self.problems.append("... (more problems not listed)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "ok": self.ok}
-
-
-def _check_png(data: bytes) -> None:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-
-
-def verify(output_uri: str, decode: bool = True, require_complete: bool = True) -> VerifyReport:
-    """Check an output directory against its own plan file (see the module docstring)."""
-    from ..data.shards import iter_samples
-    from ..data.sources.common import DataError
-
-    rep = VerifyReport(output_uri)
-    plan = read_plan(output_uri)
-    if plan is None:
-        rep.problem(f"{output_uri}: no {PLAN_FILE}; not a generation output (or nothing was written yet)")
-        return rep
-    rep.plan, rep.shards_expected = plan.digest, plan.num_shards
-    seen = np.zeros(plan.total, dtype=np.uint8)       # 1 kept, 2 dropped; > the value -> counted twice
-    kept = np.zeros(plan.num_classes, dtype=np.int64)
-    names = {plan.shard_name(s): s for s in range(plan.num_shards)}
-    found: list[int] = []
-    for uri in list_tars(output_uri):
-        base = uri.rsplit("/", 1)[-1]
-        if base not in names:
-            rep.problem(f"{uri}: not a shard of plan {plan.digest}")
-            continue
-        s = names[base]
-        found.append(s)
-        try:
-            stats = read_stats(output_uri, base)
-        except (FileNotFoundError, ValueError, KeyError) as e:
-            rep.problem(f"{uri}: stats missing or unreadable ({type(e).__name__}: {e})")
-            stats = None
-        try:
-            for smp in iter_samples(uri):
-                key = smp["__key__"]
-                try:
-                    i = plan.id_of_key(key)
-                except (ValueError, KeyError) as e:
-                    rep.problem(f"{uri}: key {key!r} is not in the plan ({e})")
-                    rep.bad += 1
-                    continue
-                if int(plan.shard_of([i])[0]) != s:
-                    rep.problem(f"{uri}: key {key!r} (id {i}) belongs to another shard")
-                if seen[i]:
-                    rep.duplicates += 1
-                    rep.problem(f"{uri}: key {key!r} appears more than once")
-                    continue
-                seen[i] = 1
-                label = parse_key(key)[0]
-                missing = [e for e in ("png", "cls", "json") if e not in smp]
-                if missing:
-                    rep.bad += 1
-                    rep.problem(f"{uri}: key {key!r} lacks {missing}")
-                    continue
-                try:
-                    if int(smp["cls"].decode().strip()) != label:
-                        raise ValueError(f".cls {smp['cls']!r} != class {label}")
-                    meta = storage.load_json(smp["json"], f"{uri} key {key}.json")
-                    if int(meta["class"]) != label or int(meta["id"]) != i:
-                        raise ValueError(f".json class/id {meta.get('class')}/{meta.get('id')} != {label}/{i}")
-                    if decode:
-                        _check_png(smp["png"])
-                except Exception as e:  # noqa: BLE001 - any decode failure is a bad sample
-                    rep.bad += 1
-                    rep.problem(f"{uri}: key {key!r} does not decode ({type(e).__name__}: {e})")
-                    continue
-                kept[label] += 1
-                rep.samples += 1
-        except DataError as e:
-            rep.bad += 1
-            rep.problem(f"{uri}: {e}")
-            continue
-        for key, reason in (stats.dropped_keys.items() if stats else ()):
-            try:
-                i = plan.id_of_key(key)
-            except (ValueError, KeyError):
-                rep.problem(f"{uri}: stats list dropped key {key!r} outside the plan")
-                continue
-            if seen[i]:
-                rep.duplicates += 1
-                rep.problem(f"{uri}: key {key!r} is both written and recorded as dropped ({reason})")
-                continue
-            seen[i] = 2
-            rep.dropped += 1
-    rep.shards_found = len(found)
-    rep.per_class_kept = kept.tolist()
-    absent_shards = sorted(set(range(plan.num_shards)) - set(found))
-    if absent_shards and require_complete:
-        rep.problem(f"{len(absent_shards)} of {plan.num_shards} shards not published yet "
-                    f"(first: {plan.shard_name(absent_shards[0])}); re-run the job to resume")
-    present = np.zeros(plan.total, bool)
-    for s in found:
-        present[plan.shard_ids(s)] = True
-    gaps = np.flatnonzero(present & (seen == 0))
-    rep.missing = int(len(gaps)) + (sum(plan.shard_range(s)[1] - plan.shard_range(s)[0] for s in absent_shards)
-                                    if require_complete else 0)
-    for i in gaps[:5]:
-        r = plan.rows([i])
-        rep.problem(f"planned id {int(i)} (key {r['key'][0]}) is neither in a shard nor recorded as dropped")
-    man_uri = existing_manifest_uri(output_uri) or manifest_uri(output_uri)
-    if storage.exists(man_uri):
-        man = storage.load_json(storage.read_bytes(man_uri, max_bytes=MAX_PLAN_BYTES), man_uri)
-        if man.get("plan") != plan.digest:
-            rep.problem(f"{man_uri}: manifest of plan {man.get('plan')} but the plan file says {plan.digest}")
-        elif man.get("per_class", {}).get("kept") != rep.per_class_kept:
-            rep.problem(f"{man_uri}: per-class kept {man.get('per_class', {}).get('kept')} but the shards hold "
-                        f"{rep.per_class_kept}")
-    elif require_complete and not absent_shards:
-        rep.problem(f"{man_uri}: missing (the job did not finish); re-run the job to write it")
-    return rep
-
-
-__all__ = ["PlanConflictError", "prepare_output", "claim_output", "check_claim", "release_claim", "shard_intact", "build_manifest", "collect_stats", "write_manifest", "read_plan",
-           "verify", "VerifyReport", "list_tars", "plan_uri", "manifest_uri", "existing_plan_uri", "existing_manifest_uri"]
+__all__ = ["PlanConflictError", "prepare_output", "scan_output", "claim_output", "check_claim", "release_claim",
+           "shard_intact", "check_published", "build_manifest", "collect_stats", "write_manifest", "read_plan",
+           "read_rounds", "claim_round", "round_uri", "list_shards", "pmap", "verify", "VerifyReport", "list_tars",
+           "plan_uri", "manifest_uri", "existing_plan_uri", "existing_manifest_uri"]

@@ -13,6 +13,12 @@ written before, read back unchanged) is the identity. The permutation sorts the 
 of ``(seed, id)``: a pure function of the plan, identical on every machine and numpy version, so the same
 plan gives the same shards byte for byte. A shard is the unit of work and of atomic publish. The plan digest names the output: a different plan (budget, seed, checkpoint,
 sampler, guidance, filter) has a different digest and never overwrites an earlier output silently.
+
+Refill rounds (``generate.max_rounds``): after filtering, a class below its target gets a further plan,
+:meth:`GenerationPlan.refill`: round ``r`` tops up the shortfall with a seed derived from the root plan's
+digest and ``r`` (:func:`refill_seed`), and its in-class indices continue after the earlier rounds'
+(``index_base``), so every key of every round is unique and every row is a pure function of the round plan.
+A round plan has its own digest and shard names; round 0 is the root plan, unchanged.
 """
 from __future__ import annotations
 
@@ -47,6 +53,11 @@ def row_seeds(seed: int, labels: np.ndarray, index: np.ndarray) -> np.ndarray:
         h = _splitmix64(h ^ np.asarray(labels, dtype=np.uint64))
         h = _splitmix64(h ^ np.asarray(index, dtype=np.uint64))
     return (h >> np.uint64(1)).astype(np.int64)
+
+
+def refill_seed(root_digest: str, round: int) -> int:
+    """Seed of refill round ``round`` of the root plan ``root_digest``: sha256 of both, 63 bits."""
+    return int(hashlib.sha256(f"{root_digest}:refill:{int(round)}".encode()).hexdigest()[:15], 16)
 
 
 def make_key(label: int, index: int) -> str:
@@ -84,6 +95,9 @@ class GenerationPlan:
     shard_size: int = 256
     settings: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     order: str = "class"       # "interleaved" for new plans (from_counts); "class" reads old plans unchanged
+    round: int = 0             # refill round (0 = the root plan)
+    index_base: tuple[int, ...] = ()   # per class: first in-class index of this round (after earlier rounds)
+    parent: str = ""           # digest of the root plan (refill rounds only)
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
@@ -92,6 +106,9 @@ class GenerationPlan:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
         if any(b < 0 for b in self.budget):
             raise ValueError(f"budget {list(self.budget)}: entries must be >= 0")
+        if self.index_base and len(self.index_base) != len(self.budget):
+            raise ValueError(f"index_base has {len(self.index_base)} entries for {len(self.budget)} classes")
+        object.__setattr__(self, "_base", np.asarray(self.index_base or [0] * len(self.budget), dtype=np.int64))
         object.__setattr__(self, "_offsets", np.concatenate([[0], np.cumsum(self.budget, dtype=np.int64)]))
         object.__setattr__(self, "_perm", None)
 
@@ -164,16 +181,30 @@ class GenerationPlan:
         if ids.size and (ids.min() < 0 or ids.max() >= self.total):
             raise IndexError(f"row ids must lie in 0..{self.total - 1}")
         label = np.searchsorted(self._offsets, ids, side="right") - 1
-        index = ids - self._offsets[label]
+        index = ids - self._offsets[label] + self._base[label]
         seeds = row_seeds(self.seed, label, index)
         keys = np.array([make_key(c, j) for c, j in zip(label.tolist(), index.tolist())], dtype=object)
         return {"id": ids, "label": label.astype(np.int64), "index": index.astype(np.int64), "seed": seeds,
                 "key": keys}
 
     def id_of(self, label: int, index: int) -> int:
-        if not 0 <= label < self.num_classes or not 0 <= index < self.budget[label]:
-            raise KeyError(f"class {label} image {index} is not in the plan (budget {self.budget[label] if 0 <= label < self.num_classes else 0})")
-        return int(self._offsets[label] + index)
+        base = int(self._base[label]) if 0 <= label < self.num_classes else 0
+        if not 0 <= label < self.num_classes or not 0 <= index - base < self.budget[label]:
+            raise KeyError(f"class {label} image {index} is not in the plan (indices {base}.."
+                           f"{base + (self.budget[label] if 0 <= label < self.num_classes else 0) - 1})")
+        return int(self._offsets[label] + index - base)
+
+    # ---------------------------------------------------------------- refill rounds
+    def refill(self, round: int, shortfall: Sequence[int], index_base: Sequence[int]) -> "GenerationPlan":
+        """Round ``round`` (>= 1) of this root plan: ``shortfall[c]`` more images of class ``c``, in-class indices
+        from ``index_base[c]`` on, seed :func:`refill_seed`; same shard size, order and settings."""
+        if self.round:
+            raise ValueError("refill: call it on the root plan (round 0)")
+        if round < 1 or len(shortfall) != self.num_classes or len(index_base) != self.num_classes:
+            raise ValueError(f"refill round {round}: need round >= 1 and {self.num_classes} shortfall/base entries")
+        return GenerationPlan(tuple(int(b) for b in shortfall), refill_seed(self.digest, round), self.shard_size,
+                              dict(self.settings), self.order, int(round), tuple(int(b) for b in index_base),
+                              self.digest)
 
     def id_of_key(self, key: str) -> int:
         return self.id_of(*parse_key(key))
@@ -184,6 +215,8 @@ class GenerationPlan:
              "shard_size": self.shard_size, "settings": self.settings}
         if self.order != "class":    # absent in plans written before interleaving: their digest is unchanged
             d["order"] = self.order
+        if self.round:               # refill rounds only: a root plan's digest is unchanged
+            d.update(round=self.round, index_base=list(self.index_base), parent=self.parent)
         return d
 
     @staticmethod
@@ -191,7 +224,8 @@ class GenerationPlan:
         if d.get("format") != PLAN_FORMAT:
             raise ValueError(f"not a generation plan (format {d.get('format')!r})")
         return GenerationPlan(tuple(int(b) for b in d["budget"]), int(d["seed"]), int(d["shard_size"]),
-                              dict(d.get("settings") or {}), str(d.get("order", "class")))
+                              dict(d.get("settings") or {}), str(d.get("order", "class")), int(d.get("round", 0)),
+                              tuple(int(b) for b in d.get("index_base", ())), str(d.get("parent", "")))
 
     @property
     def digest(self) -> str:
@@ -204,4 +238,4 @@ class GenerationPlan:
         return f"gen-{self.digest[:8]}-{s:06d}.tar"
 
 
-__all__ = ["GenerationPlan", "budget_from_counts", "row_seeds", "make_key", "parse_key", "KEY_RE", "PLAN_FORMAT", "ORDERS"]
+__all__ = ["GenerationPlan", "budget_from_counts", "row_seeds", "refill_seed", "make_key", "parse_key", "KEY_RE", "PLAN_FORMAT", "ORDERS"]

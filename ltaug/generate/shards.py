@@ -114,6 +114,13 @@ class ShardStats:
     bytes: int = 0
     seconds: float = 0.0
 
+    def slim(self) -> "ShardStats":
+        """The counts only (no per-key lists, no previews): what the driver keeps per shard, so its memory stays
+        flat in the number of shards; the full stats stay in ``.ltaug/stats/``."""
+        return ShardStats(self.shard, self.name, self.plan, dict(self.requested), dict(self.generated),
+                          dict(self.kept), dict(self.dropped), dict(self.categories), bytes=self.bytes,
+                          seconds=self.seconds)
+
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         for k in ("requested", "generated", "kept", "dropped"):
@@ -209,13 +216,65 @@ def publish_shard(output_uri: str, data: bytes, stats: ShardStats) -> str:
 
 
 def read_stats(output_uri: str, name: str) -> ShardStats:
-    """The stats of a published shard (``.ltaug/stats/``, else the earlier layout's ``_stats/``)."""
+    """The stats of a published shard (``.ltaug/stats/``, else the earlier layout's ``_stats/``): one read."""
     uri = stats_uri(output_uri, name)
-    if not storage.exists(uri) and storage.exists(stats_uri(output_uri, name, legacy=True)):
-        uri = stats_uri(output_uri, name, legacy=True)
-    return ShardStats.from_dict(storage.load_json(storage.read_bytes(uri, max_bytes=64 << 20), uri))
+    try:
+        data = storage.read_bytes(uri, max_bytes=64 << 20)
+    except FileNotFoundError:
+        legacy = stats_uri(output_uri, name, legacy=True)
+        if not storage.exists(legacy):
+            raise
+        uri, data = legacy, storage.read_bytes(legacy, max_bytes=64 << 20)
+    return ShardStats.from_dict(storage.load_json(data, uri))
+
+
+# ------------------------------------------------------------------ retries and shard sizing
+
+
+class ShardFailedError(RuntimeError):
+    """A shard's producer kept raising: the job fails naming the shard (nothing of it was published)."""
+
+
+def produce_with_retries(producer: Callable[[int], tuple[bytes, ShardStats]], shard: int,
+                         retries: int) -> tuple[bytes, ShardStats]:
+    """``producer(shard)``, tried again up to ``retries`` times when it raises (a transient fault: a storage
+    hiccup, a CUDA launch failure); then :class:`ShardFailedError` naming the shard and the last error. A
+    shard is a pure function of the plan, so a retry makes the same bytes."""
+    plan = getattr(producer, "plan", None)
+    name = plan.shard_name(shard) if plan is not None else f"shard {shard}"
+    for attempt in range(retries + 1):
+        try:
+            return producer(shard)
+        except Exception as e:  # noqa: BLE001 - any application error of the producer is retried, then named
+            last = e
+    raise ShardFailedError(f"generate: shard {shard} ({name}) failed {retries + 1} time(s) "
+                           f"(generate.max_shard_retries={retries}); last error: {type(last).__name__}: {last}")
+
+
+TAR_BLOCK = 512
+
+
+def estimate_sample_bytes(image_size: int, channels: int) -> int:
+    """Upper estimate of one sample's bytes in a shard tar: a 512-byte header per member (png, cls, json),
+    each member padded to 512 bytes; the PNG at its incompressible size (``H*(W*C+1)`` + 100 header bytes;
+    generated images compress little at ``compress_level=1``), a ``.cls`` and a ``.json`` under 512 bytes.
+    8x8x1 -> 3072 bytes, 32x32x3 -> 6144 (measured in the tars: benchmarks/bench_scale.py)."""
+    pad = lambda n: -(-n // TAR_BLOCK) * TAR_BLOCK  # noqa: E731
+    png = image_size * (image_size * channels + 1) + 100
+    return 3 * TAR_BLOCK + pad(png) + TAR_BLOCK + TAR_BLOCK
+
+
+def samples_per_shard(target_mb: float, image_size: int, channels: int) -> int:
+    """``generate.shard_target_mb`` -> samples per shard (>= 1): the target over :func:`estimate_sample_bytes`.
+
+    The shard stays the unit of work, retry and atomic commit (an S3 object cannot be appended to
+    atomically), so a bigger target means more work lost per killed worker: at 32x32x3 a 256 MB shard is
+    ~43.7k samples, i.e. the ~minutes of one GPU's sampling; pick the target for the readers (>= 100 MB per
+    object on S3), the retry cost follows."""
+    return max(1, int(target_mb * (1 << 20)) // estimate_sample_bytes(image_size, channels))
 
 
 __all__ = ["ShardProducer", "ShardStats", "build_tar", "encode_png", "sample_meta", "publish_shard",
-           "read_stats", "stats_uri", "META_DIR", "STATS_DIR", "PLAN_FILE", "MANIFEST_FILE", "LEGACY_STATS_DIR",
+           "read_stats", "stats_uri", "ShardFailedError", "produce_with_retries", "estimate_sample_bytes",
+           "samples_per_shard", "META_DIR", "STATS_DIR", "PLAN_FILE", "MANIFEST_FILE", "LEGACY_STATS_DIR",
            "LEGACY_PLAN_FILE", "LEGACY_MANIFEST_FILE", "SAMPLE_KEYS"]

@@ -23,7 +23,7 @@ from ..config import Config, with_values
 from ..track import download_artifact, is_runs_uri
 from ..train.checkpoint import CheckpointError, list_checkpoints, open_checkpoint
 
-KEYS = {"model.checkpoint": "diffusion", "classifier.checkpoint": "classifier"}
+KEYS = {"model.checkpoint": "diffusion", "classifier.checkpoint": "classifier", "loss.aid_checkpoint": "classifier"}
 # where a run directory keeps a checkpoint of each kind (a stage job's own, then a pipeline's stages)
 RUN_SUBDIRS = {"diffusion": ("checkpoints", "diffusion/checkpoints"),
                "classifier": ("checkpoints", "baseline/checkpoints", "augmented/checkpoints")}

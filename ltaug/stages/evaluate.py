@@ -1,37 +1,111 @@
-"""Stage: evaluate a trained classifier (``classifier.checkpoint``) on the balanced test set — All / Many /
-Medium / Few, per class, confusion — and on the validation split (``val_acc_*``); given
-``classifier.synthetic_uri``, also the generative metrics of that synthetic set against the balanced
-test set (in ``eval.features`` space)."""
+"""Stage: evaluate a diffusion checkpoint with the standard generative protocol, and/or a classifier checkpoint.
+
+- ``model.checkpoint`` (diffusion): ``eval.num_per_class`` class-uniform samples per class with the config's
+  sampler and guidance (``samples.npz`` in the run dir), compared class by class with the real training images
+  (topped up from validation) in the evaluation feature space (``eval.features``: an evaluation network trained
+  once on all training images of the source and cached, or Inception-v3 from ``eval.inception_weights``):
+  FID / KID / precision / recall / density / coverage pooled and per class, group FIDs, class consistency,
+  near-copy rate, CAS, AvgkNN / LOF / rarity (:mod:`ltaug.eval.protocol`). Written to ``evaluation.json``.
+- ``classifier.checkpoint``: top-1 All / Many / Medium / Few on the balanced test set, per class, confusion,
+  ``val_acc_*``; with ``classifier.synthetic_uri`` also the protocol's metrics of those shards.
+- both: both (the classifier also serves ``guidance.minority.distance=classifier`` while sampling).
+"""
 from __future__ import annotations
 
 from typing import Any
 
-from ..classify import load_classifier
+import numpy as np
+import torch
+
 from ..config import Config
+from ..data import ImageSet, LTDataset
+from ..eval import cas_config, generative_protocol, make_feature_space, resolve_features
+from ..eval.evalnet import load_or_train_evalnet
+from ..eval.protocol import SCALAR_KEYS
 from ..train import resolve_device
-from .data import stage_data
-from .checks import check_classifier_fits
+from .data import cache_root, stage_data
+from .checks import check_classifier_fits, check_diffusion_fits
 from .launcher import Launcher
 from .run import Run
-from .train_classifier import ACC_KEYS, VAL_ACC_KEYS, accuracy_summary, generative_report, read_synthetic
+
+
+def protocol_report(cfg: Config, data: LTDataset, samples: ImageSet, device: torch.device | str) -> dict[str, Any]:
+    """:func:`~ltaug.eval.protocol.generative_protocol` of ``samples`` in the configured evaluation space."""
+    evalnet, info = load_or_train_evalnet(cfg, cache_root(cfg), device)
+    space = make_feature_space(cfg.eval, evalnet=evalnet, device=device)
+    rep = generative_protocol(data.train, data.validation, data.test, samples, data.groups, space, evalnet,
+                              cas_cfg=cas_config(cfg), device=device, min_real_per_class=cfg.eval.min_real_per_class,
+                              k=cfg.eval.knn_k, kid_subsets=cfg.eval.kid_subsets,
+                              kid_subset_size=cfg.eval.kid_subset_size, seed=cfg.seed)
+    rep["features"] = resolve_features(cfg.eval)
+    rep["reference"] = (f"per class: its training images, topped up with validation images to "
+                        f"eval.min_real_per_class={cfg.eval.min_real_per_class}; pooled: class-balanced")
+    rep["evalnet"] = {k: info.get(k) for k in ("checkpoint", "digest", "cached", "num_train", "steps", "arch")}
+    return rep
+
+
+def draw_samples(cfg: Config, checkpoint: str, num_classes: int, device: torch.device | str) -> ImageSet:
+    """``eval.num_per_class`` samples of every class with the config's sampler and guidance (seeds from sample.seed)."""
+    from ..diffusion import sample_seeds
+    from ..generate import ImageGenerator
+
+    gen = ImageGenerator(cfg, checkpoint, device)
+    n = cfg.eval.num_per_class
+    labels = np.repeat(np.arange(num_classes, dtype=np.int64), n)
+    seeds = np.asarray(sample_seeds(cfg.sample.seed, len(labels)), np.int64)
+    bs = cfg.sample.batch_size
+    images = [gen({"label": labels[a:a + bs], "seed": seeds[a:a + bs]})["image"] for a in range(0, len(labels), bs)]
+    return ImageSet(np.concatenate(images), labels, num_classes, source="samples")
+
+
+def evaluate_diffusion(cfg: Config, run: Run, data: LTDataset, checkpoint: str, prefix: str = "") -> dict[str, Any]:
+    """Sample, write ``samples.npz`` and ``evaluation.json``, log the scalar fields (``prefix`` + name); returns
+    the report (with ``samples`` and ``checkpoint``)."""
+    device = resolve_device(cfg.resources)
+    samples = draw_samples(cfg, checkpoint, data.num_classes, device)
+    npz = run.local("samples.npz")
+    np.savez_compressed(npz, images=samples.images, labels=samples.labels)
+    rep = generative_protocol_summary(protocol_report(cfg, data, samples, device), cfg, checkpoint)
+    rep["samples"] = run.publish(npz, "samples.npz")
+    run.write_json("evaluation.json", rep)
+    run.tracker.log_metrics({f"{prefix}{k}": rep[k] for k in SCALAR_KEYS if isinstance(rep.get(k), float)})
+    return rep
+
+
+def generative_protocol_summary(rep: dict[str, Any], cfg: Config, checkpoint: str) -> dict[str, Any]:
+    return {**rep, "checkpoint": checkpoint, "num_per_class": cfg.eval.num_per_class,
+            "sampler": cfg.sample.sampler, "sample_steps": cfg.sample.steps, "omega": cfg.guidance.cfg.omega,
+            "minority_scale": cfg.guidance.minority.scale}
 
 
 def evaluate(cfg: Config, run: Run, launcher: Launcher | None = None) -> dict[str, Any]:
-    """summary: checkpoint, acc_all/many/medium/few (test), val_acc_all/many/medium/few (validation), val_counts,
-    val_held_out, per_class, confusion, groups, dataset (+ generative)."""
-    if not cfg.classifier.checkpoint:
-        raise ValueError("classifier.checkpoint: set the classifier to evaluate (a .pt file or checkpoints directory)")
+    """summary, model.checkpoint: generative (the protocol's report; also evaluation.json), samples; classifier.
+    checkpoint: checkpoint, acc_all/many/medium/few (test), val_acc_* (validation), val_counts, val_held_out,
+    per_class, confusion, groups (+ generative of classifier.synthetic_uri); dataset always."""
+    from .train_classifier import ACC_KEYS, VAL_ACC_KEYS, accuracy_summary, generative_report, read_synthetic
+
+    if not cfg.classifier.checkpoint and not cfg.model.checkpoint:
+        raise ValueError("model.checkpoint / classifier.checkpoint: set the diffusion model and/or the classifier to "
+                         "evaluate (a .pt file or checkpoints directory)")
     data, data_uri = stage_data(cfg)
-    ckpt = check_classifier_fits("classifier.checkpoint", cfg.classifier.checkpoint, data)
-    model, bank = load_classifier(ckpt, resolve_device(cfg.resources))
-    acc, rep = accuracy_summary(model, data, cfg.classifier.eval_batch_size)
-    summary: dict[str, Any] = {"checkpoint": ckpt, **acc, "per_class": rep["per_class"],
-                               "confusion": rep["confusion"], "groups": data.groups, "dataset": data_uri}
-    run.tracker.log_metrics({k: acc[k] for k in (*ACC_KEYS, *VAL_ACC_KEYS) if acc[k] is not None})
-    synthetic = read_synthetic(cfg, run, data, model, bank, summary)
-    if synthetic is not None and len(synthetic) >= 2:
-        summary["generative"] = generative_report(cfg, run, data, synthetic, model, bank)
+    summary: dict[str, Any] = {"dataset": data_uri, "groups": data.groups}
+    if cfg.classifier.checkpoint:
+        from ..classify import load_classifier
+
+        ckpt = check_classifier_fits("classifier.checkpoint", cfg.classifier.checkpoint, data)
+        model, bank = load_classifier(ckpt, resolve_device(cfg.resources))
+        acc, rep = accuracy_summary(model, data, cfg.classifier.eval_batch_size)
+        summary.update({"checkpoint": ckpt, **acc, "per_class": rep["per_class"], "confusion": rep["confusion"]})
+        run.tracker.log_metrics({k: acc[k] for k in (*ACC_KEYS, *VAL_ACC_KEYS) if acc[k] is not None})
+        synthetic = read_synthetic(cfg, run, data, model, bank, summary)
+        if synthetic is not None and len(synthetic) >= 2:
+            summary["generative"] = generative_report(cfg, run, data, synthetic, model, bank)
+    if cfg.model.checkpoint:
+        ckpt = check_diffusion_fits("model.checkpoint", cfg.model.checkpoint, data, cfg.sample.use_ema)
+        rep = evaluate_diffusion(cfg, run, data, ckpt)
+        summary["diffusion"] = {k: rep[k] for k in (*SCALAR_KEYS, "checkpoint", "samples", "features")}
+        summary["diffusion"]["evaluation"] = run.path("evaluation.json")
     return summary
 
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "evaluate_diffusion", "protocol_report", "draw_samples"]

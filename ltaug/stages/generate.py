@@ -8,7 +8,7 @@ output) skips published shards and regenerates the rest bit-identically (per-row
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -16,13 +16,14 @@ import numpy as np
 from .. import storage
 from ..config import Config
 from ..generate import (FilterSpec, FilterStage, GenerationPlan, ImageGenerator, ShardProducer, ShardStats,
-                        build_manifest, checkpoint_digest, collect_stats, generation_settings, prepare_output,
-                        publish_shard, verify, write_manifest)
-from ..generate.manifest import check_claim, claim_output, release_claim
+                        build_manifest, checkpoint_digest, generation_settings, publish_shard, read_rounds,
+                        read_stats, samples_per_shard, scan_output, write_manifest)
+from ..generate.manifest import check_claim, claim_output, claim_round, release_claim
 from ..train import checkpoint as ckpt_io
 from ..train import resolve_device
 from .launcher import Launcher
 from .run import Run
+from .verify import verify_output
 
 
 @dataclass(frozen=True)
@@ -205,62 +206,95 @@ def setup_generation(cfg: Config, run_dir: str) -> GenerationSetup:
     settings = {"generator": generation_settings(cfg, digest),
                 "filter": {"keep": list(cfg.filter.keep) if clf else ["*"]},
                 "classifier_digest": checkpoint_digest(clf) if clf else ""}
+    shard_size = cfg.generate.shard_size
+    if cfg.generate.shard_target_mb:
+        shard_size = samples_per_shard(cfg.generate.shard_target_mb, shape.image_size, shape.channels)
     plan = GenerationPlan.from_counts(counts, cfg.generate.target_per_class, cfg.generate.budget,
-                                      cfg.generate.seed, cfg.generate.shard_size, settings)
+                                      cfg.generate.seed, shard_size, settings)
     return GenerationSetup(cfg, plan, output_uri, ckpt, digest, clf, names)
 
 
 Progress = Callable[[ShardStats, int, int], None]
+GRID_STATS_READS = 32     # shards whose full stats the grid reads back for dropped previews
 
 
 def run_generation(setup: GenerationSetup, launcher: Launcher, *, on_progress: Progress | None = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Generate every unpublished shard of ``setup.plan`` into ``setup.output_uri``; write the manifest.
-
-    Returns ``{manifest, manifest_uri, new_shards, skipped_shards, seconds, images_per_s}``.
-    """
-    plan, out = setup.plan, setup.output_uri
+    """Generate every unpublished shard of ``setup.plan`` (and of its refill rounds) into ``setup.output_uri``;
+    write the manifest. The output is listed once; published shards are checked and their stats read
+    concurrently. Returns ``{manifest, manifest_uri, new_shards, skipped_shards, damaged_shards, rounds, stats,
+    seconds, images_per_s}`` (``stats``: the slim stats of every shard)."""
+    plan, out, gcfg = setup.plan, setup.output_uri, setup.cfg.generate
     damaged: list[str] = []
     created = claim_output(out, plan)         # atomic: of two jobs on one output, one wins
+    fresh: list[ShardStats] = []
+    t0 = time.perf_counter()
     try:
-        done = prepare_output(out, plan, on_damaged=lambda name, why: damaged.append(f"{name}: {why}"))
+        plans = read_rounds(out, plan)
+        scanned = scan_output(out, plans, on_damaged=lambda name, why: damaged.append(f"{name}: {why}"))
+        have = {d: {s: st.slim() for s, st in by.items()} for d, by in scanned.items()}
+        del scanned
+        skipped = sum(len(v) for v in have.values())
         if damaged:
             log(f"warning: {len(damaged)} published shard(s) of {out} are damaged and will be generated again: "
                 + "; ".join(damaged[:5]))
-        done_set = set(done)
-        pending = [s for s in range(plan.num_shards) if s not in done_set]
-        t0 = time.perf_counter()
-        fresh: list[ShardStats] = []
-
-        def on_done(st: ShardStats) -> None:
-            fresh.append(st)
-            if on_progress is not None:
-                on_progress(st, len(fresh), len(pending))
 
         def publish(data: bytes, st: ShardStats) -> str:
-            check_claim(out, plan)            # still ours (nobody replaced the plan or added foreign shards)
+            check_claim(out, plan)            # still ours: one read of the plan file (never a listing per shard)
             return publish_shard(out, data, st)
 
-        launcher.map_shards(setup.producer, pending, publish, on_done)
+        r = 0
+        while True:
+            p = plans[r]
+            done = have.setdefault(p.digest, {})
+            pending = [s for s in range(p.num_shards) if s not in done]
+
+            def on_done(st: ShardStats, _done=done, _n=len(pending), _start=len(fresh)) -> None:
+                st = st.slim()
+                _done[st.shard] = st
+                fresh.append(st)
+                if on_progress is not None:
+                    on_progress(st, len(fresh) - _start, _n)
+
+            producer = (setup if p is plan else replace(setup, plan=p)).producer
+            launcher.map_shards(producer, pending, publish, on_done, retries=gcfg.max_shard_retries)
+            r += 1
+            if r >= len(plans):
+                shortfall = _shortfall(plan, have)
+                if r >= gcfg.max_rounds or not any(shortfall):
+                    break
+                base = [sum(q.budget[c] for q in plans) for c in range(plan.num_classes)]
+                plans.append(claim_round(out, plan.refill(r, shortfall, base)))
+                log(f"refill round {r} ({plans[r].digest}): {sum(plans[r].budget)} more image(s) for the classes "
+                    f"below target: " + " ".join(f"{c}:{n}" for c, n in enumerate(plans[r].budget) if n))
     except BaseException:
         if created and not damaged:
             release_claim(out, plan)         # nothing of ours was published: leave the output as we found it
         raise
     seconds = time.perf_counter() - t0
-    stats = {st.shard: st for st in fresh}
-    stats.update({st.shard: st for st in collect_stats(out, plan, [s for s in done if s not in stats])})
-    manifest = build_manifest(plan, stats.values(), setup.class_names)
+    stats = [have[p.digest][s] for p in plans for s in sorted(have.get(p.digest, {}))]
+    manifest = build_manifest(plan, stats, setup.class_names, plans[1:], gcfg.max_rounds)
     check_claim(out, plan)                    # re-checked before the manifest commits the output
     manifest_uri = write_manifest(out, manifest)
     made = sum(sum(st.generated.values()) for st in fresh)
-    return {"manifest": manifest, "manifest_uri": manifest_uri, "new_shards": len(fresh), "skipped_shards": len(done),
-            "damaged_shards": len(damaged), "stats": [stats[k] for k in sorted(stats)],
+    return {"manifest": manifest, "manifest_uri": manifest_uri, "new_shards": len(fresh), "skipped_shards": skipped,
+            "damaged_shards": len(damaged), "rounds": len(plans), "stats": stats,
             "seconds": round(seconds, 3), "images_per_s": round(made / seconds, 3) if seconds > 0 and made else 0.0}
+
+
+def _shortfall(plan: GenerationPlan, have: dict[str, dict[int, ShardStats]]) -> list[int]:
+    """Per class: the root plan's budget (the target) minus what every round so far kept."""
+    kept = [0] * plan.num_classes
+    for by in have.values():
+        for st in by.values():
+            for c, n in st.kept.items():
+                kept[c] += n
+    return [max(0, int(b) - k) for b, k in zip(plan.budget, kept)]
 
 
 def generate(cfg: Config, run: Run, launcher: Launcher, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """summary: output_uri, manifest (URI), plan, requested, written, dropped, per-class counts, categories,
-    new_shards, skipped_shards, images_per_s, seconds."""
+    new_shards, skipped_shards, rounds, shortfall_per_class, shard_size, mean_shard_mb, images_per_s, seconds."""
     setup = setup_generation(cfg, run.dir)
     plan = setup.plan
     log(f"plan {plan.digest}: {plan.total} images in {plan.num_shards} shards of {plan.shard_size} -> "
@@ -275,7 +309,9 @@ def generate(cfg: Config, run: Run, launcher: Launcher, *, log: Callable[[str], 
     res = run_generation(setup, launcher, on_progress=progress, log=log)
     man = res["manifest"]
     log(f"done: {res['new_shards']} new shard(s), {res['skipped_shards']} already published; requested "
-        f"{man['requested']} written {man['written']} dropped {man['dropped']} ({res['images_per_s']} img/s)")
+        f"{man['requested']} written {man['written']} dropped {man['dropped']} ({res['images_per_s']} img/s)"
+        + (f"; {res['rounds']} round(s), shortfall per class {man['shortfall_per_class']}"
+           if res["rounds"] > 1 or cfg.generate.max_rounds > 1 else ""))
     run.tracker.log_metrics({"requested": man["requested"], "written": man["written"], "dropped": man["dropped"],
                              "images_per_s": res["images_per_s"], "new_shards": res["new_shards"]})
     run.write_json("manifest.json", man)
@@ -287,8 +323,9 @@ def generate(cfg: Config, run: Run, launcher: Launcher, *, log: Callable[[str], 
             "requested": man["requested"], "written": man["written"], "dropped": man["dropped"],
             "requested_per_class": pc["requested"], "generated_per_class": pc["generated"],
             "written_per_class": pc["kept"], "dropped_per_class": pc["dropped"], "categories": man["categories"],
-            "new_shards": res["new_shards"], "skipped_shards": res["skipped_shards"],
-            "images_per_s": res["images_per_s"], "seconds": res["seconds"]}
+            "new_shards": res["new_shards"], "skipped_shards": res["skipped_shards"], "rounds": res["rounds"],
+            "shortfall_per_class": man["shortfall_per_class"], "shard_size": plan.shard_size,
+            "mean_shard_mb": man["mean_shard_mb"], "images_per_s": res["images_per_s"], "seconds": res["seconds"]}
 
 
 def generation_grid(setup: GenerationSetup, stats: list[ShardStats], path: str, per_class: int = 8) -> str:
@@ -316,7 +353,10 @@ def generation_grid(setup: GenerationSetup, stats: list[ShardStats], path: str, 
                 shown[c] += 1
     dropped: list[np.ndarray] = []
     dropped_labels: list[int] = []
-    for st in stats:
+    with_drops = [st for st in stats if sum(st.dropped.values())][:GRID_STATS_READS]
+    for st in with_drops:                          # the driver holds slim stats: previews are read back
+        if not st.dropped_preview and st.dropped:
+            st = read_stats(setup.output_uri, st.name)
         for key, png in sorted(st.dropped_preview.items()):
             c = int(st.dropped_rows[key][0])
             if dropped_labels.count(c) < max(1, per_class // 2):
@@ -336,23 +376,6 @@ def _decode_png(data: bytes) -> np.ndarray:
 
     a = np.asarray(Image.open(io.BytesIO(data)))
     return a[..., None] if a.ndim == 2 else a
-
-
-def verify_output(cfg: Config, run: Run, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Check ``generate.output_uri`` (default: this config's shards) against its plan; an error when not OK."""
-    out = cfg.generate.output_uri or run.path("shards")
-    rep = verify(out)
-    for p in rep.problems:
-        log(f"problem: {p}")
-    log(f"verify {out}: plan {rep.plan}  shards {rep.shards_found}/{rep.shards_expected}  samples {rep.samples}  "
-        f"dropped {rep.dropped}  missing {rep.missing}  duplicates {rep.duplicates}  bad {rep.bad}  "
-        f"-> {'OK' if rep.ok else 'FAILED'}")
-    run.tracker.log_metrics({"verify_ok": float(rep.ok), "verify_missing": rep.missing,
-                             "verify_duplicates": rep.duplicates, "verify_bad": rep.bad, "verify_samples": rep.samples})
-    run.write_json("verify.json", rep.to_dict())
-    if not rep.ok:
-        raise ValueError(f"verify failed for {out}: {len(rep.problems)} problem(s); first: {rep.problems[0]}")
-    return {"output_uri": out, "verify": rep.to_dict()}
 
 
 __all__ = ["generate", "verify_output", "setup_generation", "run_generation", "GenerationSetup", "plan_counts"]

@@ -9,6 +9,11 @@ resumes: finished training stages resume from their final checkpoint at once and
 published shards. A stage is skipped when the config points at an existing output
 (``classifier.checkpoint``, ``model.checkpoint``, ``pipeline.shards``). Every stage gets the same
 launcher and reads the same cached dataset artifact.
+
+Several seeds (``pipeline.seeds``): every classifier stage runs once per seed (child runs ``<stage>-s<seed>``);
+each method's summary entry holds the mean over seeds in ``acc_*`` / ``val_acc_*``, the sample std (ddof 1;
+None for one seed) in ``*_std`` and the per-seed rows in ``seeds``; ``paired`` is augmented minus the best
+classical method chosen on mean ``val_acc_few`` (see ``seeds.py``), per seed and as mean ± std.
 """
 from __future__ import annotations
 
@@ -16,10 +21,9 @@ import json
 import time
 from typing import Any, Callable
 
-import torch
 
 from .. import storage
-from ..classify import load_synthetic, select_synthetic
+from ..classify.stream import plan_synthetic, sample_set
 from ..config import Config, with_values
 from ..data.dataset import val_note, val_report
 from .data import stage_data
@@ -29,13 +33,9 @@ from .generate import generate
 from .launcher import Launcher
 from .report import write_report
 from .run import Run
-from .train_classifier import ACC_KEYS, VAL_ACC_KEYS, train_classifier
+from .seeds import aggregate, paired
+from .train_classifier import ACC_KEYS, SAMPLE_MAX, VAL_ACC_KEYS, train_classifier
 from .train_diffusion import train_diffusion
-
-
-def _accuracy(report: dict[str, Any]) -> dict[str, Any]:
-    """Test figures (``acc_*``, ``per_class``) beside the validation figures (``val_acc_*``) of one classifier."""
-    return {**{k: report[k] for k in ACC_KEYS}, **{k: report.get(k) for k in VAL_ACC_KEYS}, "per_class": report["per_class"]}
 
 
 def rep_str(rep: dict[str, Any]) -> str:
@@ -76,7 +76,7 @@ def classifier_stage(cfg: Config, parent: Run, launcher: Launcher, name: str, me
 
 def existing_classifier(cfg: Config, parent: Run, name: str) -> dict[str, Any]:
     """The configured ``classifier.checkpoint`` evaluated (the ``evaluate`` stage) instead of trained."""
-    ecfg = with_values(cfg, {"classifier.synthetic_uri": ""})
+    ecfg = with_values(cfg, {"classifier.synthetic_uri": "", "model.checkpoint": ""})
     res = _staged(parent, name, ecfg, lambda r: evaluate(ecfg, r))
     print(f"[{name}] (existing {res['checkpoint']}): all {rep_str(res)}", flush=True)
     return res
@@ -95,8 +95,63 @@ def _read_manifest(shards: str) -> dict[str, Any] | None:
     return json.loads(storage.read_bytes(uri)) if uri else None
 
 
+def _synthetic(cfg: Config, data: Any, shards: str) -> Any:
+    """The synthetic set the augmented classifier trains on, as a streaming spec (per-shard keep counts, no
+    images): the workers stream the shards; the report gets a bounded sample (``sample_set``)."""
+    return plan_synthetic(shards, data.train.counts, image_size=data.train.image_size, channels=data.train.channels,
+                          num_classes=data.num_classes, max_per_class=cfg.classifier.synthetic_max_per_class,
+                          fill_to=cfg.classifier.synthetic_fill_to, on_bad=cfg.data.on_bad_record)
+
+
+def check_seeds(cfg: Config) -> None:
+    """``pipeline.seed_diffusion`` trains and generates per seed: it cannot reuse one given output."""
+    p = cfg.pipeline
+    if not (p.seed_diffusion and p.seeds):
+        return
+    for key, value in (("model.checkpoint", cfg.model.checkpoint), ("pipeline.shards", p.shards),
+                       ("generate.output_uri", cfg.generate.output_uri)):
+        if value:
+            raise ValueError(f"pipeline.seed_diffusion=true trains a diffusion model and writes shards per seed; "
+                             f"{key}={value!r} names one for all seeds (unset it, or pipeline.seed_diffusion=false)")
+
+
+def diffusion_and_shards(cfg: Config, run: Run, launcher: Launcher, base_ckpt: str,
+                         seed: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Stages 3-4: (diffusion, generation) results. ``seed`` None: child runs ``diffusion`` / ``generate`` at the
+    config's seeds; else ``diffusion-s<seed>`` / ``generate-s<seed>`` with ``seed`` and ``generate.seed`` = seed."""
+    sfx = "" if seed is None else f"-s{seed}"
+    # AID and the classifier-feature discrepancy use the baseline's features
+    dcfg = with_values(cfg, {"classifier.checkpoint": base_ckpt,
+                             **({} if seed is None else {"seed": seed, "generate.seed": seed}),
+                             **({"train.steps": cfg.pipeline.diffusion_steps} if cfg.pipeline.diffusion_steps else {})})
+    if cfg.model.checkpoint:
+        diffusion = {"checkpoint": cfg.model.checkpoint, "mlflow_run_id": None, "seconds": 0.0}
+        print(f"[diffusion] using existing {cfg.model.checkpoint}", flush=True)
+    else:
+        diffusion = _staged(run, f"diffusion{sfx}", dcfg, lambda r: train_diffusion(dcfg, r, launcher))
+        print(f"[diffusion{sfx}] checkpoint {diffusion['checkpoint']}  ({diffusion['seconds']:.0f}s)", flush=True)
+    if cfg.pipeline.shards:
+        gen = {"output_uri": cfg.pipeline.shards, "mlflow_run_id": None, "seconds": 0.0}
+        print(f"[generate] using existing shards {cfg.pipeline.shards}", flush=True)
+    else:
+        gcfg = with_values(dcfg, {"model.checkpoint": diffusion["checkpoint"]})
+        log = lambda m: print(f"[generate{sfx}] {m}", flush=True)  # noqa: E731
+        gen = _staged(run, f"generate{sfx}", gcfg, lambda r: generate(gcfg, r, launcher, log=log))
+    gen["manifest"] = _read_manifest(gen["output_uri"])
+    return diffusion, gen
+
+
 def pipeline(cfg: Config, run: Run, launcher: Launcher) -> dict[str, Any]:
-    """All stages in order; returns the pipeline summary (see ``jobs/pipeline.py``)."""
+    """All stages in order; returns the pipeline summary (see ``jobs/pipeline.py``).
+
+    ``pipeline.seeds`` (empty = one run at ``seed``, child runs named by stage): every classifier stage runs once
+    per seed s with ``seed=s`` (initialisation, batch order), child runs ``<stage>-s<s>``. The
+    first seed's baseline is the one whose features drive the diffusion's AID loss, the ID/AID/OOD filter and
+    the report's metrics. One diffusion model and one shard set serve every seed unless
+    ``pipeline.seed_diffusion`` (then the first seed's shards go into the report). An existing
+    ``classifier.checkpoint`` is evaluated once (a single baseline row, seed null). ``mlflow_run_ids``,
+    ``checkpoints`` and ``seconds`` are keyed by child run name; ``checkpoints.baseline`` / ``augmented`` /
+    ``classical-<m>`` / ``diffusion`` name the first seed's."""
     t_start = time.perf_counter()
     data, data_uri = stage_data(cfg)
     counts = data.counts.counts
@@ -104,97 +159,125 @@ def pipeline(cfg: Config, run: Run, launcher: Launcher) -> dict[str, Any]:
           f"(r={data.counts.imbalance_ratio:.1f}), test {len(data.test)} balanced; groups "
           + ", ".join(f"{g} {len(v)}" for g, v in data.groups.items()) + f"; artifact {data_uri}", flush=True)
     print(f"[data] {val_note(data)}", flush=True)
+    check_seeds(cfg)
     if cfg.classifier.checkpoint:       # given outputs must fit the data before any stage runs
         check_classifier_fits("classifier.checkpoint", cfg.classifier.checkpoint, data)
     if cfg.model.checkpoint:
         check_diffusion_fits("model.checkpoint", cfg.model.checkpoint, data, cfg.sample.use_ema)
+    multi = bool(cfg.pipeline.seeds)
+    seeds = list(cfg.pipeline.seeds) or [cfg.seed]
+    scfg = {s: with_values(cfg, {"seed": s}) if multi else cfg for s in seeds}
+    tag = (lambda name, s: f"{name}-s{s}") if multi else (lambda name, s: name)  # noqa: E731
+    stages: dict[str, dict[str, Any]] = {}     # child run name -> its result
+
+    def per_seed(name: str, method: str, synthetic: Callable[[int], Any] | None = None) -> list[dict[str, Any]]:
+        rows = []
+        for s in seeds:
+            res = classifier_stage(scfg[s], run, launcher, tag(name, s), method,
+                                   synthetic=None if synthetic is None else synthetic(s))
+            stages[tag(name, s)] = res
+            rows.append({**res, "seed": s})
+        return rows
 
     # 1. baseline classifier + feature bank (skipped when classifier.checkpoint points at one)
     if cfg.classifier.checkpoint:
-        baseline = existing_classifier(cfg, run, "baseline")
+        stages["baseline"] = existing_classifier(cfg, run, "baseline")
+        baseline_rows = [{**stages["baseline"], "seed": None}]
     else:
-        baseline = classifier_stage(cfg, run, launcher, "baseline", cfg.pipeline.baseline_method)
-    base_ckpt = baseline["checkpoint"]
+        baseline_rows = per_seed("baseline", cfg.pipeline.baseline_method)
+    base_ckpt = baseline_rows[0]["checkpoint"]
 
     # 2. classical long-tail baselines on the real data only
-    classical = {m: classifier_stage(cfg, run, launcher, f"classical-{m}", m) for m in cfg.pipeline.classical}
+    classical_rows = {m: per_seed(f"classical-{m}", m) for m in cfg.pipeline.classical}
 
-    # 3. diffusion (AID and the classifier-feature discrepancy use the baseline's features)
-    dcfg = with_values(cfg, {"classifier.checkpoint": base_ckpt,
-                             **({"train.steps": cfg.pipeline.diffusion_steps} if cfg.pipeline.diffusion_steps else {})})
-    if cfg.model.checkpoint:
-        diffusion = {"checkpoint": cfg.model.checkpoint, "mlflow_run_id": None, "seconds": 0.0}
-        print(f"[diffusion] using existing {cfg.model.checkpoint}", flush=True)
-    else:
-        diffusion = _staged(run, "diffusion", dcfg, lambda r: train_diffusion(dcfg, r, launcher))
-        print(f"[diffusion] checkpoint {diffusion['checkpoint']}  ({diffusion['seconds']:.0f}s)", flush=True)
-
-    # 4. generation + ID/AID/OOD filtering into shards
-    if cfg.pipeline.shards:
-        shards = cfg.pipeline.shards
-        gen = {"output_uri": shards, "mlflow_run_id": None, "seconds": 0.0}
-        print(f"[generate] using existing shards {shards}", flush=True)
-    else:
-        gcfg = with_values(dcfg, {"model.checkpoint": diffusion["checkpoint"]})
-        log = lambda m: print(f"[generate] {m}", flush=True)  # noqa: E731
-        gen = _staged(run, "generate", gcfg, lambda r: generate(gcfg, r, launcher, log=log))
-        shards = gen["output_uri"]
-    gen["manifest"] = _read_manifest(shards)
+    # 3-4. diffusion, generation + ID/AID/OOD filtering into shards (once, or per seed)
+    per_diffusion = multi and cfg.pipeline.seed_diffusion      # without pipeline.seeds: the config's seed
+    dseeds: list[int | None] = list(seeds) if per_diffusion else [None]
+    made = {d: diffusion_and_shards(cfg, run, launcher, base_ckpt, d) for d in dseeds}
+    for d, (diffusion, gen) in made.items():
+        sfx = "" if d is None else f"-s{d}"
+        stages[f"diffusion{sfx}"], stages[f"generate{sfx}"] = diffusion, gen
+    diffusion, gen = made[dseeds[0]]
+    shards = gen["output_uri"]
 
     # 5. downstream classifier on real + synthetic (weight omega)
-    synthetic = load_synthetic(shards, data.train.image_size, data.train.channels, data.num_classes,
-                               cfg.data.on_bad_record)
-    synthetic = select_synthetic(synthetic, data.train.counts, cfg.classifier.synthetic_max_per_class,
-                                 cfg.classifier.synthetic_fill_to, torch.Generator().manual_seed(cfg.seed))
-    augmented = classifier_stage(cfg, run, launcher, "augmented", cfg.pipeline.augmented_method, synthetic=synthetic)
+    synthetics = {d: _synthetic(cfg if d is None else scfg[d], data, made[d][1]["output_uri"]) for d in dseeds}
+    synthetic = synthetics[dseeds[0]]
+    augmented_rows = per_seed("augmented", cfg.pipeline.augmented_method,
+                              synthetic=lambda s: synthetics[s if per_diffusion else None])
 
-    # 6. evaluation: generative metrics, plots, report
-    reports = {"baseline": baseline, **{m: r for m, r in classical.items()}, "augmented": augmented}
-    evaluation = write_report(cfg, run, data, baseline, classical, augmented, synthetic, gen)
+    # 6. aggregation over seeds, paired difference, evaluation: generative metrics, plots, report
+    baseline = aggregate(baseline_rows, "baseline")
+    classical = {m: aggregate(r, m) for m, r in classical_rows.items()}
+    augmented = aggregate(augmented_rows, "augmented")
+    pair = paired(augmented, classical)
+    evaluation = write_report(cfg, run, data, {**baseline, "checkpoint": base_ckpt}, classical, augmented,
+                              sample_set(synthetic, SAMPLE_MAX), gen, paired=pair,
+                              diffusion_checkpoint=diffusion["checkpoint"])
+    firsts = {"baseline": baseline_rows[0], "augmented": augmented_rows[0],
+              **{f"classical-{m}": r[0] for m, r in classical_rows.items()}}
     summary = {
-        "baseline": _accuracy(baseline),
-        "augmented": _accuracy(augmented),
-        "classical": {m: _accuracy(r) for m, r in classical.items()},
+        "baseline": baseline,
+        "augmented": augmented,
+        "classical": classical,
+        "paired": pair,
+        "seeds": seeds,
+        "seed_diffusion": per_diffusion,
         "generation": generation_counts(gen["manifest"]) if gen.get("manifest") else
         {"requested": None, "written": len(synthetic), "id": None, "aid": None, "ood": None},
-        "mlflow_run_ids": {"pipeline": run.tracker.run_id, "baseline": baseline["mlflow_run_id"],
-                           **{f"classical-{m}": r["mlflow_run_id"] for m, r in classical.items()},
-                           "diffusion": diffusion["mlflow_run_id"], "generate": gen.get("mlflow_run_id"),
-                           "augmented": augmented["mlflow_run_id"]},
+        "mlflow_run_ids": {"pipeline": run.tracker.run_id, **{k: v.get("mlflow_run_id") for k, v in stages.items()}},
         "checkpoints": {"baseline": base_ckpt, "diffusion": diffusion["checkpoint"],
-                        "augmented": augmented["checkpoint"],
-                        **{f"classical-{m}": r["checkpoint"] for m, r in classical.items()}},
+                        **{k: v["checkpoint"] for k, v in firsts.items()},
+                        **{k: v["checkpoint"] for k, v in stages.items() if "checkpoint" in v}},
         "shards": shards,
         "dataset": data_uri,
         **val_report(data),
         "num_synthetic_used": len(synthetic),
         "generative": evaluation.get("generative"),
         "report": evaluation["report"],
-        "world_size": {k: v.get("world_size") for k, v in reports.items()},
-        "seconds": {"total": round(time.perf_counter() - t_start, 1),
-                    **{k: v.get("seconds") for k, v in (("baseline", baseline), ("diffusion", diffusion),
-                                                        ("generate", gen), ("augmented", augmented))},
-                    **{f"classical-{m}": r["seconds"] for m, r in classical.items()}},
+        "world_size": {k: v.get("world_size") for k, v in firsts.items()},
+        "seconds": {"total": round(time.perf_counter() - t_start, 1), **{k: v.get("seconds") for k, v in stages.items()}},
     }
-    logged = (*ACC_KEYS, *VAL_ACC_KEYS)
-    run.tracker.log_metrics({**{f"baseline_{k}": v for k, v in summary["baseline"].items() if k in logged and v is not None},
-                             **{f"augmented_{k}": v for k, v in summary["augmented"].items() if k in logged and v is not None}})
+    if per_diffusion:
+        summary["shards_per_seed"] = {str(d): made[d][1]["output_uri"] for d in dseeds}
+        summary["generation_per_seed"] = {str(d): generation_counts(made[d][1]["manifest"]) if made[d][1].get("manifest")
+                                          else None for d in dseeds}
+    logged = (*ACC_KEYS, *VAL_ACC_KEYS, *(f"{k}_std" for k in (*ACC_KEYS, *VAL_ACC_KEYS)))
+    run.tracker.log_metrics({**{f"{m}_{k}": v for m in ("baseline", "augmented") for k, v in summary[m].items()
+                                if k in logged and v is not None},
+                             **{f"paired_{k}": v for k, v in pair.items() if k in logged and v is not None}})
     print_table(summary)
     return summary
+
+
+def _cell(r: dict[str, Any], k: str, width: int, sign: str = "") -> str:
+    v, sd = r.get(k), r.get(f"{k}_std")
+    text = "-" if v is None else f"{100 * v:{sign}.1f}" + ("" if sd is None else f"±{100 * sd:.1f}")
+    return f"{text:>{width}}"
 
 
 def print_table(summary: dict[str, Any]) -> None:
     rows = [("baseline", summary["baseline"])] + [(m, r) for m, r in summary["classical"].items()] + \
         [("augmented", summary["augmented"])]
-    print("\n top-1 on the balanced test set (%), and on the validation split (val)")
-    print(f" {'method':<18} {'all':>6} {'many':>6} {'medium':>7} {'few':>6} {'val all':>8} {'val few':>8}")
+    n = len(summary["augmented"].get("seeds") or [None])
+    w = 11 if n > 1 else 7
+    print("\n top-1 on the balanced test set (%), and on the validation split (val)"
+          + (f"; mean ± sample std over {n} seeds {summary.get('seeds')}" if n > 1 else ""))
+    print(f" {'method':<18} " + " ".join(f"{h:>{w}}" for h in ("all", "many", "medium", "few", "val all", "val few")))
     for name, r in rows:
-        f = lambda v: "     -" if v is None else f"{100 * v:6.1f}"  # noqa: E731
-        print(f" {name:<18} {f(r['acc_all'])} {f(r['acc_many'])} {f(r['acc_medium']):>7} {f(r['acc_few'])} "
-              f"{f(r.get('val_acc_all')):>8} {f(r.get('val_acc_few')):>8}")
+        print(f" {name:<18} " + " ".join(_cell(r, k, w) for k in (*ACC_KEYS, "val_acc_all", "val_acc_few")))
+    p = summary.get("paired") or {}
+    if p.get("against"):
+        print(f" paired: augmented - {p['against']} (best classical by {p['reason']}), per seed:")
+        for r in p["rows"]:
+            print(f"   seed {r['seed']:<6} " + " ".join(f"{100 * r[k]:+{w}.1f}" if r.get(k) is not None else f"{'-':>{w}}"
+                                                for k in ACC_KEYS))
+        print(f"   {'mean':<11} " + " ".join(_cell(p, k, w, "+") for k in ACC_KEYS))
+    elif p:
+        print(f" paired: none ({p.get('reason')})")
     g = summary["generation"]
     print(f" generation: requested {g['requested']}, written {g['written']} (ID {g['id']}, AID {g['aid']}, "
           f"OOD {g['ood']}); synthetic used {summary['num_synthetic_used']}\n", flush=True)
 
 
-__all__ = ["pipeline", "classifier_stage", "generation_counts", "print_table"]
+__all__ = ["pipeline", "classifier_stage", "generation_counts", "print_table", "diffusion_and_shards", "check_seeds"]

@@ -1,11 +1,10 @@
-"""The pipeline's evaluation stage: generative metrics of the kept synthetic set, plots, a Markdown report."""
+"""The pipeline's evaluation stage: the generative protocol of the diffusion model, plots, a Markdown report."""
 from __future__ import annotations
 
 import os
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..config import Config
 from ..data import LTDataset, ImageSet
@@ -17,14 +16,44 @@ from .run import Run
 ACC = ("acc_all", "acc_many", "acc_medium", "acc_few")
 
 
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f}"
+def _pct(v: float | None, sd: float | None = None, sign: str = "") -> str:
+    return "–" if v is None else f"{100 * v:{sign}.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
+
+
+def seeds_note(augmented: dict[str, Any]) -> str:
+    """How many seeds the table is over (a single seed is said to be a demo, not a claim)."""
+    seeds = [r.get("seed") for r in augmented.get("seeds") or []]
+    if len(seeds) > 1:
+        return f"Seeds {seeds}: each cell is the mean ± sample std (ddof 1) over {len(seeds)} seeds."
+    return f"Seed {seeds[0] if seeds else '?'}: a single seed measures no spread, so these numbers are not a claim."
+
+
+def paired_section(paired: dict[str, Any] | None) -> list[str]:
+    """The per-seed paired difference augmented − the best classical method (chosen on the validation split)."""
+    if not paired:
+        return []
+    if not paired.get("against"):
+        return ["", f"No paired difference: {paired.get('reason')}."]
+    lines = ["", f"## Paired difference: augmented − {paired['against']} (percentage points, test set)", "",
+             f"`{paired['against']}` is the best classical method by {paired['reason']} — chosen on the validation "
+             "split, never on the test set (candidates, val few / val all: "
+             + ", ".join(f"{m} {_pct(c.get('val_acc_few'))} / {_pct(c.get('val_acc_all'))}"
+                         for m, c in paired["candidates"].items()) + ").", "",
+             "| seed | all | many | medium | few |", "|---|---|---|---|---|"]
+    lines += [f"| {r['seed']} | " + " | ".join(_pct(r.get(k), sign="+") for k in ACC) + " |" for r in paired["rows"]]
+    lines.append("| mean | " + " | ".join(_pct(paired.get(k), paired.get(f"{k}_std"), "+") for k in ACC) + " |")
+    return lines
 
 
 def write_report(cfg: Config, run: Run, data: LTDataset, baseline: dict[str, Any], classical: dict[str, dict],
-                 augmented: dict[str, Any], synthetic: ImageSet, gen: dict[str, Any]) -> dict[str, Any]:
+                 augmented: dict[str, Any], synthetic: ImageSet, gen: dict[str, Any],
+                 paired: dict[str, Any] | None = None, diffusion_checkpoint: str = "") -> dict[str, Any]:
+    """Plots and report.md; the generative numbers are the standard protocol of ``diffusion_checkpoint``
+    (class-uniform samples vs the training images per class, evaluation feature space; ``evaluation.json``)."""
     from ..classify import IdAidOodFilter, load_classifier
-    from ..eval import evaluate_generated, make_feature_space, plots
+    from ..config import with_values
+    from ..eval import plots
+    from .evaluate import evaluate_diffusion
 
     device = resolve_device(cfg.resources)
     model, bank = load_classifier(baseline["checkpoint"], device)
@@ -61,18 +90,12 @@ def write_report(cfg: Config, run: Run, data: LTDataset, baseline: dict[str, Any
                 np.concatenate([radii[synthetic.labels], radii[d_lab]]), cats,
                 run.local("plots", "id_aid_ood.png"), "all generated: distance to class centre / d_f",
                 dropped=rest, kept=np.concatenate([np.ones(len(synthetic), bool), np.zeros(len(d_cat), bool)]))
-        if len(synthetic) >= 2:
-            space = make_feature_space(cfg.eval, classifier=model, device=device)
-            (rx, ry), (fx, fy) = data.test.tensors(), synthetic.tensors()
-            generative = evaluate_generated(space, rx, ry, fx, fy, K, data.groups, cfg.eval.knn_k,
-                                            cfg.eval.kid_subsets, cfg.eval.kid_subset_size,
-                                            torch.Generator().manual_seed(cfg.seed), bank=bank)
-            run.write_json("generative.json", generative)
-            flat = {f"gen_{k}": v for k, v in generative.items() if isinstance(v, (int, float)) and v is not None}
-            run.tracker.log_metrics(flat)
+    if diffusion_checkpoint:     # the protocol on the pipeline's diffusion model (sampler / guidance as generated)
+        pcfg = with_values(cfg, {"model.checkpoint": diffusion_checkpoint, "classifier.checkpoint": baseline["checkpoint"]})
+        generative = evaluate_diffusion(pcfg, run, data, diffusion_checkpoint, prefix="gen_")
     for p in made.values():
         run.publish(p, os.path.relpath(p, run.local_dir), "plots")
-    md = _markdown(cfg, data, baseline, classical, augmented, gen, len(synthetic), generative, made, run)
+    md = _markdown(cfg, data, baseline, classical, augmented, gen, len(synthetic), generative, made, run, paired)
     path = run.local("report.md")
     with open(path, "w") as fh:
         fh.write(md)
@@ -118,7 +141,7 @@ def _held(data: LTDataset) -> str:
 
 
 def _markdown(cfg: Config, data: LTDataset, baseline, classical, augmented, gen, n_syn: int,
-              generative, made: dict[str, str], run: Run) -> str:
+              generative, made: dict[str, str], run: Run, paired: dict[str, Any] | None = None) -> str:
     rows = [("baseline (" + cfg.pipeline.baseline_method + ")", baseline)] + \
         [(m, r) for m, r in classical.items()] + [(f"augmented ({cfg.pipeline.augmented_method} + synthetic)", augmented)]
     lines = [f"# ltaug pipeline report — {cfg.data.source}, r = {cfg.data.ratio:g}", "",
@@ -126,14 +149,19 @@ def _markdown(cfg: Config, data: LTDataset, baseline, classical, augmented, gen,
              f"Groups: " + ", ".join(f"{g} = {v}" for g, v in data.groups.items()), "",
              f"Validation split: {sum(data.validation.counts.counts)} images ({_held(data)}); the val columns are "
              "top-1 on it: choose settings by them, never by the test columns.", "",
-             "## Top-1 on the balanced test set (%)", "",
+             "## Top-1 on the balanced test set (%)", "", seeds_note(augmented), "",
              "| method | all | many | medium | few | val all | val many | val medium | val few |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
         rep = r
-        lines.append(f"| {name} | " + " | ".join(_pct(rep.get(k)) for k in (*ACC, *(f"val_{a}" for a in ACC))) + " |")
+        lines.append(f"| {name} | " + " | ".join(_pct(rep.get(k), rep.get(f"{k}_std"))
+                                                 for k in (*ACC, *(f"val_{a}" for a in ACC))) + " |")
+    lines += paired_section(paired)
     man = gen.get("manifest")
     lines += ["", "## Generation", ""]
+    if cfg.pipeline.seed_diffusion and len(cfg.pipeline.seeds) > 1:
+        lines += [f"One diffusion model and shard set per seed (pipeline.seed_diffusion); below: seed "
+                  f"{cfg.pipeline.seeds[0]}'s.", ""]
     if man:
         cats = man.get("categories", {})
         lines.append(f"Requested {man['requested']}, generated {man.get('generated')}, written {man['written']} "
@@ -143,12 +171,16 @@ def _markdown(cfg: Config, data: LTDataset, baseline, classical, augmented, gen,
                      f"CFG omega {cfg.guidance.cfg.omega}, minority scale {cfg.guidance.minority.scale} "
                      f"(every {cfg.guidance.minority.every}). Shards: `{gen['output_uri']}`.")
     if generative:
-        keys = [k for k in ("fid", "kid", "precision", "recall", "density", "coverage", "fid_few", "avg_knn", "lof",
-                            "rarity") if k in generative]
-        lines += ["", "Generative metrics of the kept synthetic set against the balanced test set, in the baseline "
-                  "classifier's feature space:", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
-                  "| " + " | ".join(f"{generative[k]:.4g}" if isinstance(generative[k], (int, float)) else str(generative[k])
-                                    for k in keys) + " |"]
+        keys = [k for k in ("fid", "kid", "fid_many", "fid_medium", "fid_few", "precision", "recall", "density",
+                            "coverage", "class_consistency", "cas_acc", "near_copy_rate", "avg_knn", "lof", "rarity")
+                if k in generative]
+        lines += ["", f"Generative protocol of the diffusion model ({generative.get('num_per_class')} class-uniform "
+                  "samples per class; per class against that class's training images, topped up from validation; "
+                  f"pooled against a class-balanced reference; {generative.get('features')} feature space, which "
+                  "takes no part in training or filtering; `evaluation.json`):", "",
+                  "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
+                  "| " + " | ".join(f"{generative[k]:.4g}" if isinstance(generative[k], (int, float)) else
+                                    ("–" if generative[k] is None else str(generative[k])) for k in keys) + " |"]
     lines += ["", "## Plots", ""]
     for name, p in made.items():
         lines.append(f"![{name}]({os.path.relpath(p, run.local_dir)})")

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data import to_uint8
 from ..diffusion import guidances_from_config, load_diffusion, sample, sample_seeds
+from ..diffusion.guidance import wants_classifier
 from ..diffusion.io import classifier_feature_space, save_grid_png
 from ..train import resolve_checkpoint, resolve_device
 from .launcher import Launcher
@@ -31,7 +32,7 @@ def sample_images(cfg: Config, run: Run, launcher: Launcher | None = None) -> di
     if bad:
         raise ValueError(f"sample.classes: {bad} out of range for {C} classes")
     extractor = None
-    if cfg.guidance.minority.scale > 0 and cfg.guidance.minority.distance == "classifier":
+    if wants_classifier(cfg.guidance.minority, bool(cfg.classifier.checkpoint)):  # classifier, or auto with one
         extractor = classifier_feature_space(cfg.classifier.checkpoint, device).extractor
     guidances = guidances_from_config(cfg.guidance, extractor=extractor)
     n = cfg.sample.num_per_class

@@ -1,9 +1,12 @@
 """Stage: train a classifier (+ long-tail method, + optional weighted synthetic data), evaluate it on the
 balanced test set, and write its plots — on any launcher, with one worker function and one summary.
 
-Synthetic data (``classifier.synthetic_uri``) is read and selected on the driver: optionally scored by
-the baseline ``classifier.checkpoint`` (ID / AID / OOD shares, ``filter.apply`` drops what the filter
-drops), then per-class quotas; the selected set travels with the task.
+Synthetic data (``classifier.synthetic_uri``) is *planned* on the driver, never collected there: the shard
+list and per-shard per-class counts (generation stats, else one counting pass), optionally one streaming
+scoring pass with the baseline ``classifier.checkpoint`` (ID / AID / OOD shares; ``filter.apply`` excludes
+what the filter drops), then per-class quotas as per-shard keep counts. That small ``SyntheticSpec``
+travels with the task; every worker streams its shards (``ltaug.classify.stream``). Plots and generative
+metrics use a bounded sample of the kept set (at most ``SAMPLE_MAX`` images).
 """
 from __future__ import annotations
 
@@ -12,14 +15,14 @@ import os
 from typing import Any
 
 import numpy as np
-import torch
 
-from ..classify import IdAidOodFilter, load_classifier, load_synthetic, select_synthetic, shares
+from ..classify import IdAidOodFilter, load_classifier, shares
+from ..classify.stream import SyntheticSpec, plan_synthetic, sample_set
 from ..classify import train_classifier as fit_classifier
 from ..config import Config
 from ..data import ImageSet, LTDataset
 from ..data.dataset import val_note, val_report
-from ..eval import evaluate_classifier, evaluate_generated, make_feature_space, plots
+from ..eval import evaluate_classifier, plots
 from ..track import Tracker
 from ..train import World, resolve_device
 from .data import stage_data, worker_data
@@ -29,16 +32,29 @@ from .run import Run
 
 ACC_KEYS = ("acc_all", "acc_many", "acc_medium", "acc_few")
 VAL_ACC_KEYS = tuple(f"val_{k}" for k in ACC_KEYS)   # the same on the validation split (selection uses these)
+SAMPLE_MAX = 10_000   # kept synthetic images decoded on the driver for plots and generative metrics (a sample)
 GENERATIVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "fid_many", "fid_medium", "fid_few",
                    "avg_knn", "lof", "rarity")
 
 
 def classifier_worker(task: Task, world: World, tracker: Tracker) -> dict[str, Any]:
-    """``train_classifier`` of the core on the task's dataset artifact (+ the selected synthetic set)."""
+    """``train_classifier`` of the core on the task's dataset artifact (+ the synthetic spec it streams);
+    the result carries the worker's own peak RSS (``worker_peak_rss_mb``)."""
     res = fit_classifier(task.cfg, worker_data(task.data_uri), world, task.ckpt_dir, synthetic=task.payload,
                          progress=world.is_main)
     return {"checkpoint": res.checkpoint, "steps": res.steps, "num_real": res.num_real,
-            "num_synthetic": res.num_synthetic, "sync_batchnorm": res.sync_batchnorm}
+            "num_synthetic": res.num_synthetic, "sync_batchnorm": res.sync_batchnorm,
+            "worker_peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM, MiB); None where /proc is absent."""
+    try:
+        with open("/proc/self/status") as fh:
+            kb = next(int(ln.split()[1]) for ln in fh if ln.startswith("VmHWM:"))
+        return round(kb / 1024, 1)
+    except (OSError, StopIteration, ValueError):
+        return None
 
 
 def accuracy_summary(model: Any, data: LTDataset, batch_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -51,34 +67,51 @@ def accuracy_summary(model: Any, data: LTDataset, batch_size: int) -> tuple[dict
 
 
 def read_synthetic(cfg: Config, run: Run, data: LTDataset, baseline: Any, bank: Any,
-                   summary: dict[str, Any]) -> ImageSet | None:
-    """``classifier.synthetic_uri`` as an ImageSet: scored by the baseline, filtered (``filter.apply``), quota'd."""
+                   summary: dict[str, Any]) -> SyntheticSpec | None:
+    """``classifier.synthetic_uri`` as a :class:`SyntheticSpec` (counts and per-shard keep counts, no images):
+    scored by the baseline in one streaming pass, filtered (``filter.apply``), quota'd."""
     c = cfg.classifier
     if not c.synthetic_uri:
         return None
-    synthetic = load_synthetic(c.synthetic_uri, data.train.image_size, data.train.channels, data.num_classes,
-                               cfg.data.on_bad_record)
-    summary["synthetic_read"] = len(synthetic)
-    if baseline is not None and bank is not None and len(synthetic):
-        scored = IdAidOodFilter(baseline, bank, cfg.filter.keep, drop=False, batch_size=c.eval_batch_size)(
-            {"image": synthetic.images, "label": synthetic.labels})
-        summary["synthetic_shares"] = shares(scored["category"])
-        plots.distance_histogram(scored["distance"], bank.radii.cpu().numpy()[synthetic.labels], scored["category"],
+    scored = baseline is not None and bank is not None
+    if cfg.filter.apply and not scored:
+        raise ValueError("filter.apply=true needs classifier.checkpoint (a baseline with a feature bank)")
+    cols: dict[str, list] = {"distance": [], "category": [], "keep": [], "label": []}
+    score = None
+    if scored:
+        filt = IdAidOodFilter(baseline, bank, cfg.filter.keep, drop=False, batch_size=c.eval_batch_size)
+
+        def score(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+            out = filt({"image": images, "label": labels})
+            for k in cols:
+                cols[k].append(np.asarray(out[k]))
+            return out["keep"] if cfg.filter.apply else np.ones(len(labels), bool)
+    spec = plan_synthetic(c.synthetic_uri, data.train.counts, image_size=data.train.image_size,
+                          channels=data.train.channels, num_classes=data.num_classes,
+                          max_per_class=c.synthetic_max_per_class, fill_to=c.synthetic_fill_to,
+                          on_bad=cfg.data.on_bad_record, score=score)
+    summary["synthetic_read"] = int(sum(len(v) for v in cols["label"])) if scored else spec.read
+    if scored and cols["label"]:
+        col = {k: np.concatenate(v) for k, v in cols.items()}
+        summary["synthetic_shares"] = shares(col["category"])
+        plots.distance_histogram(col["distance"], bank.radii.cpu().numpy()[col["label"]], col["category"],
                                  run.local("id_aid_ood.png"), "all read synthetic: distance to class centre / d_f",
-                                 kept=scored["keep"] if cfg.filter.apply else None)
+                                 kept=col["keep"] if cfg.filter.apply else None)
         run.publish(run.local("id_aid_ood.png"), "id_aid_ood.png")
         if cfg.filter.apply:
-            synthetic = synthetic.subset(np.where(scored["keep"])[0])
-            summary["synthetic_after_filter"] = len(synthetic)
-    elif cfg.filter.apply:
-        raise ValueError("filter.apply=true needs classifier.checkpoint (a baseline with a feature bank)")
-    return select_synthetic(synthetic, data.train.counts, c.synthetic_max_per_class, c.synthetic_fill_to,
-                            torch.Generator().manual_seed(cfg.seed))
+            summary["synthetic_after_filter"] = spec.read
+    return spec
 
 
-def train_classifier(cfg: Config, run: Run, launcher: Launcher, *, synthetic: ImageSet | None = None,
+def _shown(synthetic: Any) -> ImageSet | None:
+    """An in-memory view for plots / metrics: a spec's bounded sample, an ImageSet as it is."""
+    return sample_set(synthetic, SAMPLE_MAX) if isinstance(synthetic, SyntheticSpec) else synthetic
+
+
+def train_classifier(cfg: Config, run: Run, launcher: Launcher, *, synthetic: SyntheticSpec | ImageSet | None = None,
                      extras: bool = True) -> dict[str, Any]:
-    """Train + evaluate. ``synthetic`` (already selected) skips reading ``classifier.synthetic_uri``;
+    """Train + evaluate. ``synthetic`` (a spec from :func:`plan_synthetic`, or an in-memory ``ImageSet``)
+    skips reading ``classifier.synthetic_uri``;
     ``extras=False`` skips the plots and generative metrics (the pipeline's report makes its own).
 
     summary: checkpoint, acc_all/many/medium/few (balanced test set), val_acc_all/many/medium/few (validation
@@ -113,9 +146,10 @@ def train_classifier(cfg: Config, run: Run, launcher: Launcher, *, synthetic: Im
         baseline_pc = base["per_class"]
         summary.update({f"baseline_{k}": base[k] for k in ACC_KEYS})
     print(accuracy_table(summary), flush=True)
-    _plots(cfg, run, data, report, synthetic, baseline_pc)
-    if synthetic is not None and len(synthetic) >= 2:
-        summary["generative"] = generative_report(cfg, run, data, synthetic, baseline or model, bank)
+    shown = _shown(synthetic)
+    _plots(cfg, run, data, report, synthetic, baseline_pc, shown)
+    if shown is not None and len(shown) >= 2:
+        summary["generative"] = generative_report(cfg, run, data, shown, baseline or model, bank)
     return summary
 
 
@@ -130,9 +164,12 @@ def accuracy_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plots(cfg: Config, run: Run, data: LTDataset, report: dict, synthetic: ImageSet | None, baseline_pc) -> None:
+def _plots(cfg: Config, run: Run, data: LTDataset, report: dict, synthetic: Any, baseline_pc,
+           shown: ImageSet | None = None) -> None:
     K = data.num_classes
-    syn_counts = np.bincount(synthetic.labels, minlength=K) if synthetic is not None else None
+    syn_counts = None if synthetic is None else synthetic.kept_counts if isinstance(synthetic, SyntheticSpec) \
+        else np.bincount(synthetic.labels, minlength=K)
+    shown = _shown(synthetic) if shown is None else shown
     with open(run.local("confusion.json"), "w") as fh:
         json.dump({"confusion": report["confusion"], "rows": "true class", "cols": "predicted class"}, fh)
     made = [run.local("confusion.json"),
@@ -143,25 +180,27 @@ def _plots(cfg: Config, run: Run, data: LTDataset, report: dict, synthetic: Imag
             plots.per_class_accuracy(report["per_class"], run.local("per_class_accuracy.png"), baseline_pc, data.groups),
             plots.sample_grid(data.train.images, data.train.labels, run.local("samples_real.png"), K,
                               cfg.eval.grid_per_class, "real (long-tailed train set)")]
-    if synthetic is not None and len(synthetic):
-        made.append(plots.sample_grid(synthetic.images, synthetic.labels, run.local("samples_synthetic.png"), K,
+    if shown is not None and len(shown):
+        made.append(plots.sample_grid(shown.images, shown.labels, run.local("samples_synthetic.png"), K,
                                       cfg.eval.grid_per_class, "synthetic"))
     for p in made:
         run.publish(p, os.path.basename(p))
 
 
 def generative_report(cfg: Config, run: Run, data: LTDataset, synthetic: ImageSet, classifier, bank) -> dict:
-    """Generative metrics of the synthetic set against the balanced test set (features: eval.features)."""
-    space = make_feature_space(cfg.eval, classifier=classifier, device=next(classifier.parameters()).device)
-    (rx, ry), (fx, fy) = data.test.tensors(), synthetic.tensors()
-    rep = evaluate_generated(space, rx, ry, fx, fy, data.num_classes, data.groups, cfg.eval.knn_k,
-                             cfg.eval.kid_subsets, cfg.eval.kid_subset_size, torch.Generator().manual_seed(cfg.seed),
-                             bank=bank, bank_space=make_feature_space(cfg.eval, classifier=classifier) if bank is not None else None)
-    rep["reference"] = "balanced test set"
-    rep["features"] = cfg.eval.features
+    """The generative protocol (:mod:`ltaug.eval.protocol`) of the synthetic set: per class against the training
+    images of its class (topped up from validation), pooled against a class-balanced reference, in the evaluation
+    space (``eval.features``: evalnet or Inception; never the classifier that filtered it). ``generative.json``.
+    A streamed ``SyntheticSpec`` is measured on its bounded sample (:data:`SAMPLE_MAX` images)."""
+    from ..eval.protocol import SCALAR_KEYS
+    from .evaluate import protocol_report
+
+    synthetic = _shown(synthetic)
+
+    rep = protocol_report(cfg, data, synthetic, next(classifier.parameters()).device)
     run.write_json("generative.json", rep)
-    run.tracker.log_metrics({f"gen_{k}": rep[k] for k in GENERATIVE_KEYS if isinstance(rep.get(k), float)})  # at the last step
-    return {k: rep.get(k) for k in GENERATIVE_KEYS}
+    run.tracker.log_metrics({f"gen_{k}": rep[k] for k in SCALAR_KEYS if isinstance(rep.get(k), float)})  # at the last step
+    return {k: rep.get(k) for k in (*SCALAR_KEYS, "near_copy_rate_per_class", "features")}
 
 
 __all__ = ["train_classifier", "classifier_worker", "read_synthetic", "generative_report", "accuracy_summary",

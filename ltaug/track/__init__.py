@@ -15,9 +15,25 @@ def default_uri(output_dir: str) -> str:
     return "sqlite:///" + os.path.abspath(os.path.join(base, "mlflow.db"))
 
 
+def effective_uri(uri: str) -> str:
+    """The tracking URI in effect: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else '' (the embedded SQLite
+    store of ``default_uri``)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+
+
+def is_local_store(uri: str) -> bool:
+    """A store on this machine's disk: the embedded default (''), ``sqlite:``, ``file:`` or a plain path."""
+    low = uri.lower()
+    if low == "none" or low.startswith("databricks"):
+        return False
+    return low.startswith(("sqlite:", "file:")) or "://" not in low
+
+
 def make_tracker(uri: str, output_dir: str, experiment: str, run_name: str,
                  parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Tracker:
-    """MLflow tracker for ``uri`` (default: SQLite in ``output_dir``); ``uri='none'`` gives a NullTracker."""
+    """MLflow tracker for ``uri`` (``tracking.uri``; '' = ``$MLFLOW_TRACKING_URI`` when set, else SQLite in
+    ``output_dir``; an ``http(s)://`` server keeps artifacts in its own artifact store); ``'none'``: NullTracker."""
+    uri = effective_uri(uri)
     if uri.lower() == "none":
         return NullTracker()
     from .mlflow_tracker import MLflowTracker
@@ -39,6 +55,7 @@ def is_runs_uri(uri: str) -> bool:
 def download_artifact(uri: str, tracking_uri: str, output_dir: str, dst_dir: str) -> str:
     """Download the MLflow artifact ``runs:/<run id>/<path>`` (from ``tracking_uri``, default: the SQLite store
     of ``output_dir``) into the local directory ``dst_dir``; the local path of the file."""
+    tracking_uri = effective_uri(tracking_uri)
     if tracking_uri.lower() == "none":
         raise ValueError(f"{uri}: a runs:/ URI needs MLflow; tracking.uri=none")
     from .mlflow_tracker import download_run_artifact
@@ -46,4 +63,4 @@ def download_artifact(uri: str, tracking_uri: str, output_dir: str, dst_dir: str
     return download_run_artifact(tracking_uri or default_uri(output_dir), uri, dst_dir)
 
 
-__all__ = ["Tracker", "NullTracker", "make_tracker", "default_uri", "download_artifact", "is_runs_uri"]
+__all__ = ["Tracker", "NullTracker", "make_tracker", "default_uri", "effective_uri", "is_local_store", "download_artifact", "is_runs_uri"]

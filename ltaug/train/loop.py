@@ -1,13 +1,24 @@
 """The one training loop, shared by diffusion and classifiers.
 
 The loop owns: optimizer, learning-rate schedule (warm-up, optional step decay), gradient clipping,
-mixed precision (CUDA only), EMA, periodic logging / checkpoints / hooks, resume. What to optimise
-is an :class:`Objective`: ``objective(model, step, generator) -> (loss, logs)``. Every random draw
+mixed precision (CUDA only), EMA, gradient accumulation, periodic logging / checkpoints / hooks, resume. What
+to optimise is an :class:`Objective`: ``objective(model, step, generator) -> (loss, logs)``. Every random draw
 of step ``s`` comes from a generator seeded by ``(seed, s, rank)``, and batches are a pure function
 of the step (see :class:`StepBatches`), so resuming gives exactly the same result as never stopping.
+
+Gradient accumulation (``grad_accum = k``): optimizer step ``s`` runs the objective on the *micro-steps*
+``s*k .. s*k+k-1`` (each its own batch and generator), backpropagates ``loss / k`` of each and steps once; DDP
+all-reduces only on the last micro-step (``no_sync`` before). The effective batch is ``batch size x k x world
+size``; schedules (warm-up, milestones, checkpoints, logging) count optimizer steps. ``k = 1`` is the plain loop.
+
+No host synchronisation per step: the finite-loss check, the logged scalars (tensors from the objective are
+welcome) and the gradient norm stay on the device, accumulated in float64, and are read every ``log_every``
+steps and before each checkpoint -- a non-finite loss is reported then, naming the first step it occurred at,
+and never reaches a checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -45,6 +56,7 @@ class LoopSpec:
     grad_clip: float              # 0 = off
     ema_decay: float              # 0 = off
     amp: bool
+    grad_accum: int               # micro-batches per optimizer step (1 = off)
     log_every: int
     ckpt_every: int               # 0 = only at the end
     keep_checkpoints: int
@@ -78,11 +90,13 @@ def lr_factor(spec: LoopSpec, step: int) -> float:
     return f
 
 
-def make_optimizer(spec: LoopSpec, params) -> torch.optim.Optimizer:
+def make_optimizer(spec: LoopSpec, params, device: torch.device | str = "cpu") -> torch.optim.Optimizer:
+    """Adam/AdamW use the fused kernel on CUDA (one launch for all parameters); elsewhere torch's default."""
+    fused = {"fused": True} if torch.device(device).type == "cuda" else {}
     if spec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, **fused)
     if spec.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, **fused)
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     raise ValueError(f"unknown optimizer {spec.optimizer!r}; choose adam, adamw or sgd")
@@ -109,7 +123,9 @@ def fit(model: nn.Module, objective: Objective, spec: LoopSpec, world: World, *,
     """
     device = world.device
     net = world.wrap(model)
-    optimizer = make_optimizer(spec, [p for p in net.parameters() if p.requires_grad])
+    if spec.grad_accum < 1:
+        raise ValueError(f"{spec.desc}: grad_accum must be >= 1, got {spec.grad_accum}")
+    optimizer = make_optimizer(spec, [p for p in net.parameters() if p.requires_grad], device)
     ema = EMA(net, spec.ema_decay) if spec.ema_decay > 0 else None
     scaler_on = spec.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=scaler_on)
@@ -141,45 +157,63 @@ def fit(model: nn.Module, objective: Objective, spec: LoopSpec, world: World, *,
     bar = tqdm(total=spec.steps, initial=start, desc=spec.desc, disable=not (progress and world.is_main),
                dynamic_ncols=True, mininterval=1.0)
     net.train()
-    window: dict[str, float] = {}
+    window: dict[str, torch.Tensor] = {}
     n_window = 0
+    k_acc = spec.grad_accum
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)   # first step with a non-finite loss
+
+    def check_finite() -> None:          # the one host sync of the finite check: at log / checkpoint boundaries
+        bad = int(first_bad)
+        if bad >= 0:
+            raise FloatingPointError(f"{spec.desc}: loss is not finite at step {bad}")
+
     t0 = time.perf_counter()
     for step in range(start, spec.steps):
         for group in optimizer.param_groups:
             group["lr"] = spec.lr * lr_factor(spec, step)
-        g = step_generator(spec.seed, step, world.rank, device)
-        with _autocast(device, spec.amp):
-            loss, logs = objective(net, step, g)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{spec.desc}: loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        loss_sum = None
+        for j in range(k_acc):
+            micro = step * k_acc + j
+            g = step_generator(spec.seed, micro, world.rank, device)
+            sync = j == k_acc - 1 or not hasattr(net, "no_sync")
+            with (contextlib.nullcontext() if sync else net.no_sync()):
+                with _autocast(device, spec.amp):
+                    loss, logs = objective(net, micro, g)
+                scaler.scale(loss / k_acc if k_acc > 1 else loss).backward()
+            d = loss.detach().double()
+            loss_sum = d if loss_sum is None else loss_sum + d
+            for key, v in logs.items():
+                v = v.detach().double() if torch.is_tensor(v) else float(v)
+                window[key] = window.get(key, 0.0) + (v / k_acc if k_acc > 1 else v)
+        loss_mean = loss_sum / k_acc if k_acc > 1 else loss_sum
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss_mean), torch.full_like(first_bad, step), first_bad)
         if spec.grad_clip > 0:
             scaler.unscale_(optimizer)
             gn = torch.nn.utils.clip_grad_norm_(net.parameters(), spec.grad_clip)
-            logs = {**logs, "grad_norm": float(gn)}
+            window["grad_norm"] = window.get("grad_norm", 0.0) + gn.detach().double()
         scaler.step(optimizer)
         scaler.update()
         if ema is not None:
             ema.update(net)
-        for k, v in logs.items():
-            window[k] = window.get(k, 0.0) + float(v)
-        window["loss"] = window.get("loss", 0.0) + float(loss.detach())
+        window["loss"] = window.get("loss", 0.0) + loss_mean
         n_window += 1
         st.step = step + 1
         bar.update(1)
+        is_ckpt = bool(spec.ckpt_every and st.step % spec.ckpt_every == 0) or st.step == spec.steps
         if st.step % spec.log_every == 0 or st.step == spec.steps:
-            metrics = {k: v / n_window for k, v in window.items()}
+            check_finite()
+            metrics = {k: float(v) / n_window for k, v in window.items()}
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             metrics["steps_per_s"] = n_window / max(time.perf_counter() - t0, 1e-9)
             result.history.append({"step": st.step, **metrics})
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             window, n_window, t0 = {}, 0, time.perf_counter()
-            is_ckpt = spec.ckpt_every and st.step % spec.ckpt_every == 0
-            if not is_ckpt and st.step != spec.steps:
+            if not is_ckpt:
                 world.report(metrics, st.step, None)
             st.last_metrics = metrics
-        if (spec.ckpt_every and st.step % spec.ckpt_every == 0) or st.step == spec.steps:
+        if is_ckpt:
+            check_finite()
             save(st.step)
             world.report(st.last_metrics or {}, st.step, ckpt_dir)
         for n, fn in every or []:

@@ -58,9 +58,16 @@ def trace(monkeypatch, model, schedule, kind, guidances, labels=LABELS, seeds=SE
     monkeypatch.setattr(sample_mod, "per_sample_randn", lambda *a, **k: draws.append(orig_randn(*a, **k)) or draws[-1])
     inner = STEPPERS[kind]
     monkeypatch.setitem(STEPPERS, kind, lambda grid, **kw: _Recorder(inner(grid, **kw), log, draws))
+    eps_start: dict[int, int] = {}   # draws made before step i's eps stage (eps-space guidances draw there)
+    orig_wp = sample_mod.EpsFn.with_pred
+
+    def with_pred(self, x, t, eps_guidances=(), step=0, steps=1, needs=None):
+        eps_start.setdefault(step, len(draws))
+        return orig_wp(self, x, t, eps_guidances, step, steps, needs)
+    monkeypatch.setattr(sample_mod.EpsFn, "with_pred", with_pred)
     out = sample(model, schedule, labels, seeds, scfg(kind, steps, eta=0.5), guidances=guidances)
     for a, b in zip(log, log[1:]):
-        z = draws[b["draws"] - 1] if a["std"] > 0 else 0.0   # the ancestral draw is the step's last
+        z = draws[eps_start[b["i"]] - 1] if a["std"] > 0 else 0.0   # the ancestral draw precedes the next step
         a["final_mean"] = b["x_t"] - a["std"] * z
     return out, log[:-1]
 
@@ -99,8 +106,9 @@ def test_batch_split_invariance(kind, names):
 def test_a_guidance_changes_only_its_space_inside_its_window(kind, name, monkeypatch):
     m, s = gaussian_denoiser()
     g = build(name, 0.5, **WINDOW)
-    other = "delta_mean" if g.space == "eps" else "delta_eps"
-    monkeypatch.setattr(g, other, lambda ctx: pytest.fail(f"{name} ({g.space} space) was asked for {other}"))
+    space = g.space_for(kind)  # minority's default (auto): eps under DDIM, mean under DDPM
+    other = "delta_mean" if space == "eps" else "delta_eps"
+    monkeypatch.setattr(g, other, lambda ctx: pytest.fail(f"{name} ({space} space) was asked for {other}"))
     _, log = trace(monkeypatch, m, s, kind, [g])
     n = len(log) + 1
     seen = set()
@@ -110,8 +118,8 @@ def test_a_guidance_changes_only_its_space_inside_its_window(kind, name, monkeyp
         cond = m(st["x_t"], t, LABELS)
         eps_moved = not torch.allclose(st["eps"], cond, atol=1e-6, rtol=0)
         mean_moved = not torch.allclose(st["final_mean"], st["mean"], atol=1e-5, rtol=0)
-        assert eps_moved == (active and g.space == "eps"), (i, active)
-        assert mean_moved == (active and g.space == "mean"), (i, active)
+        assert eps_moved == (active and space == "eps"), (i, active)
+        assert mean_moved == (active and space == "mean"), (i, active)
         seen.add(active)
     assert seen == {True, False}  # the window covers some steps, not all
 
@@ -122,7 +130,7 @@ def test_from_config_round_trips(name):
     sec = section(name, 0.7, start=0.1, stop=0.9, every=3)
     g = cls.from_config(sec, extractor=TinyFeatureNet().features)
     assert isinstance(g, cls) and g.scale == 0.7 and g.window == Window(0.1, 0.9, 3)
-    assert g.space in ("eps", "mean") and set(g.needs) <= {"uncond"}
+    assert {g.space_for("ddpm"), g.space_for("ddim")} <= {"eps", "mean"} and set(g.needs) <= {"uncond"}
     built = guidances_from_config(dataclasses.replace(GuidanceConfig(), **{name: sec}))
     assert [type(b) for b in built] == [cls] and built[0].scale == 0.7 and built[0].window == g.window
     # the same from the user-facing keys

@@ -270,24 +270,31 @@ def test_cond_uncond_equals_ccua_alignment(schedule, batch, dropped):
 
 # -------------------------------------------------------------------------------------------- AID
 @pytest.mark.parametrize("gate", ["none", "half", "alpha_bar"])
-def test_aid_equals_the_documented_reconstruction(schedule, batch, feature_space, gate):
-    """losses.py::AIDLoss (DiffuLT §2.3, reconstructed): x0_hat = (x_t - sqrt(1-ab) eps)/sqrt(ab) clipped to
-    [-1,1]; d = ||phi(x0_hat) - mu_y||; relu(d_f - d) + relu(d - 2 d_f); gate t < T/2 / alpha_bar_t / none.
-    The classifier is frozen: theta gets the gradient through x0_hat."""
+@pytest.mark.parametrize("id_from", [0.5, 0.0])
+def test_aid_equals_the_documented_reconstruction(schedule, batch, feature_space, gate, id_from):
+    """losses.py::AIDLoss (DiffuLT §2.3 as reconstructed in algorithms.md: the paper "penalises ID and OOD"
+    generations of the frozen classifier's feature space; no equation in our sources):
+    x0_hat = (x_t - sqrt(1-ab) eps)/sqrt(ab) clipped to [-1,1], d = ||phi(x0_hat) - mu_y||,
+    L = 1[t >= t_id] relu(r_id - d) + g(t) relu(d - 2 d_f), t_id = id_from * T, r_id = d_f here,
+    g = 1[t < T/2] (half) / alpha_bar_t / 1 (none). The classifier is frozen: theta gets the gradient
+    through x0_hat. The radii are set so that both sides are live on the batch."""
+    space = type(feature_space)(feature_space.extractor, feature_space.centers, torch.tensor([0.6, 0.26, 0.2]))
     model = micro_unet()
     x_t = x_t_ref(batch["x0"], batch["t"], batch["noise"])
     ab = alpha_bar_ref()[batch["t"]]
     eps = model(x_t, batch["t"], batch["y"])
     x0_hat = ((x_t.double() - (1 - ab).sqrt().reshape(-1, 1, 1, 1) * eps.double())
               / ab.sqrt().reshape(-1, 1, 1, 1)).clamp(-1, 1).float()
-    d = (feature_space.extractor(x0_hat) - feature_space.centers[batch["y"]]).norm(dim=1)
-    r = feature_space.radii[batch["y"]]
-    ref = torch.clamp(r - d, min=0) + torch.clamp(d - 2 * r, min=0)
-    if gate == "half":
-        ref = ref * torch.tensor([1.0 if int(t) < T // 2 else 0.0 for t in batch["t"]])
-    elif gate == "alpha_bar":
-        ref = ref * ab.float()
+    d = (space.extractor(x0_hat) - space.centers[batch["y"]]).norm(dim=1)
+    r = space.radii[batch["y"]]
+    id_side = torch.stack([torch.clamp(r[i] - d[i], min=0) if int(batch["t"][i]) >= id_from * T else d[i] * 0
+                           for i in range(len(d))])
+    g = {"none": torch.ones(6, dtype=torch.float64),
+         "half": torch.tensor([1.0 if int(t) < T // 2 else 0.0 for t in batch["t"]], dtype=torch.float64),
+         "alpha_bar": ab}[gate]
+    ref = id_side + g.float() * torch.clamp(d - 2 * r, min=0)
+    assert (id_side > 0).any() and (torch.clamp(d - 2 * r, min=0) > 0).any()  # both sides are exercised
     g_ref = grads(model, ref.sum())
-    got = AIDLoss(feature_space, gate=gate)(ctx_for(model, schedule, batch, ("cond",)))
+    got = AIDLoss(space, gate=gate, id_from=id_from)(ctx_for(model, schedule, batch, ("cond",)))
     torch.testing.assert_close(got, ref.detach(), rtol=1e-4, atol=1e-6)
     assert_grads_close(grads(model, got.sum()), g_ref)

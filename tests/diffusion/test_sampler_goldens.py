@@ -11,9 +11,15 @@ from ltaug.diffusion import ClassifierFree, MinorityGuidance, Window, generators
 
 LABELS = torch.tensor([0, 1, 2, 3, 1])  # 3 = null label (the class mixture)
 SEEDS = sample_seeds(7, 5)
+# The pre-issue-14 minority form is pinned explicitly (space=mean, target=guided): its goldens did not move.
+OLD = dict(space="mean", target="guided")
 GUIDED = {"plain": lambda: [], "cfg": lambda: [ClassifierFree(1.5)],
-          "minority": lambda: [MinorityGuidance(0.1, Window(every=2))],
-          "both": lambda: [ClassifierFree(1.5), MinorityGuidance(0.1, Window(every=2))]}
+          "minority": lambda: [MinorityGuidance(0.1, Window(every=2), **OLD)],
+          "both": lambda: [ClassifierFree(1.5), MinorityGuidance(0.1, Window(every=2), **OLD)],
+          # issue 14: the eps-space form and the conditional target (the new defaults under DDIM)
+          "minority_eps": lambda: [MinorityGuidance(0.1, Window(every=2), space="eps")],
+          "both_cond": lambda: [ClassifierFree(1.5), MinorityGuidance(0.1, Window(every=2), space="mean")],
+          "both_eps": lambda: [ClassifierFree(1.5), MinorityGuidance(0.1, Window(every=2), space="eps")]}
 
 # Measured once (8 steps; sum, mean |x|, x[0,0,0,0], x[1,0,3,3], x[3,0,7,7], x[4,0,2,5]). The analytic
 # denoiser has no GEMM, so these hold to 1e-5; a change means the sampling algorithm changed.
@@ -26,6 +32,13 @@ GOLDEN = {
     ("ddim", "cfg"): [-10.28402, 0.2642395, 0.4215191, -0.04205561, -0.06387167, 0.2768442],
     ("ddim", "minority"): [-10.58783, 0.2608179, 0.4227213, -0.04718585, -0.06699968, 0.2592883],
     ("ddim", "both"): [-9.958906, 0.2661845, 0.421477, -0.04175502, -0.0669983, 0.2781208],
+    # issue 14 (measured once after adding them): eps-space minority and the conditional target
+    ("ddpm", "minority_eps"): [-10.85217, 0.4163184, 1, 0.05321823, -0.3012365, 0.2245743],
+    ("ddpm", "both_cond"): [-10.77399, 0.4175018, 1, 0.05671939, -0.3010079, 0.2299671],
+    ("ddpm", "both_eps"): [-10.73797, 0.4177199, 1, 0.05736941, -0.3012365, 0.2301544],
+    ("ddim", "minority_eps"): [-10.47719, 0.2623936, 0.422979, -0.04648098, -0.07032404, 0.2573192],
+    ("ddim", "both_cond"): [-10.13339, 0.2672117, 0.4226916, -0.04465114, -0.06699968, 0.27418],
+    ("ddim", "both_eps"): [-10.0346, 0.2687015, 0.4229503, -0.04396206, -0.07032404, 0.271863],
 }
 
 

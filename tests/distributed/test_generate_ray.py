@@ -76,3 +76,75 @@ def test_generation_to_s3_read_back_and_resume(ray_local, s3, tmp_path, capsys):
     rep = verify(out)
     assert rep.ok, rep.problems
     assert rep.samples == s1["written"] and rep.duplicates == 0 and rep.missing == 0
+
+
+def _flaky_setup(setup, mode: str):
+    """``setup`` whose producer raises for shard 1: once (``transient``) or every time (``always``). The class
+    is made here so cloudpickle ships it by value to the actors."""
+    from dataclasses import dataclass
+
+    from ltaug.stages.generate import GenerationSetup
+
+    @dataclass(frozen=True)
+    class Flaky(GenerationSetup):
+        def producer(self):
+            inner = GenerationSetup.producer(self)
+            calls = {}
+
+            def produce(s):
+                calls[s] = calls.get(s, 0) + 1
+                if s == 1 and (mode == "always" or calls[s] == 1):
+                    raise OSError(f"injected fault #{calls[s]}")
+                return inner(s)
+            produce.plan = inner.plan
+            return produce
+
+    return Flaky(**{k: getattr(setup, k) for k in GenerationSetup.__dataclass_fields__})
+
+
+def test_ray_shard_retries_gpu_check_and_parallel_verify(ray_local, tmp_path, monkeypatch):
+    """One shard per task, in windows of executions; a producer error is retried in the actor (published once),
+    a permanent one fails the job naming the shard; use_gpu on a CPU cluster is refused up front; verify runs
+    as Ray Data tasks."""
+    from ltaug.distributed import shards as ray_shards
+    from ltaug.config import load_config, with_values
+    from ltaug.distributed import RayLauncher
+    from ltaug.distributed.shards import GpuMissingError, ShardActor
+    from ltaug.generate import verify
+    from ltaug.generate.verify import serial_map
+    from ltaug.stages.generate import run_generation, setup_generation
+
+    diff = tiny_diffusion_checkpoint(str(tmp_path / "d.pt"))
+
+    def cfg_for(out, *extra):
+        sets = gen_overrides(diff, str(out), str(tmp_path / "runs"), "resources.num_workers=1",
+                             "resources.cpus_per_worker=1", "sample.steps=1", "generate.minority_score=false",
+                             "generate.max_shard_retries=2", *extra)
+        return load_config(None, [s for s in sets if s != "--set"])
+
+    ok = tmp_path / "ok"
+    cfg = cfg_for(ok)
+    setup = setup_generation(cfg, str(tmp_path / "runs"))
+    monkeypatch.setattr(ray_shards, "WINDOW", 3)                               # 5 shards: two executions
+    res = run_generation(_flaky_setup(setup, "transient"), RayLauncher(cfg), log=lambda m: None)
+    assert res["new_shards"] == setup.plan.num_shards == 5
+    par = verify(str(ok), map_fn=RayLauncher(cfg).map_verify)                  # Ray Data tasks, one per shard
+    assert par.ok, par.problems
+    assert par.to_dict() == verify(str(ok), map_fn=serial_map).to_dict() and par.duplicates == 0
+
+    bad = tmp_path / "bad"
+    cfg_b = cfg_for(bad)
+    setup_b = setup_generation(cfg_b, str(tmp_path / "runs"))
+    with pytest.raises(RuntimeError, match=r"^generate: shard 1 \(gen-\w+-000001\.tar\) failed 3 time\(s\) "
+                                           r"\(generate\.max_shard_retries=2\); last error: OSError: injected fault #3"):
+        run_generation(_flaky_setup(setup_b, "always"), RayLauncher(cfg_b), log=lambda m: None)
+    assert not list(bad.glob("*-000001.tar")) and not (bad / ".ltaug" / "manifest.json").exists()
+
+    gpu = with_values(cfg, {"resources.use_gpu": True})
+    with pytest.raises(GpuMissingError, match=r"resources\.use_gpu=true but the Ray cluster has no GPU"):
+        RayLauncher(gpu).map_shards(setup.producer, [0], lambda d, s: None, lambda s: None)
+    import torch
+
+    if not torch.cuda.is_available():                                           # the actor's own check
+        with pytest.raises(GpuMissingError, match=r"resources\.use_gpu=true but CUDA is not available"):
+            ShardActor(setup.producer, [0], use_gpu=True)

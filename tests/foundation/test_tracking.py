@@ -54,3 +54,29 @@ def test_default_store_keeps_artifacts_in_the_output_dir(tmp_path, monkeypatch):
     t.close()
     assert not (tmp_path / "mlruns").exists()
     assert len(list((out / "mlartifacts").rglob("a.txt"))) == 2
+
+
+def test_empty_uri_honours_mlflow_tracking_uri(tmp_path, monkeypatch):
+    """tracking.uri='' -> $MLFLOW_TRACKING_URI when set (no embedded store in the output dir, MLflow's own
+    artifact location), else the SQLite default; an explicit tracking.uri wins over the variable."""
+    import ltaug.track.mlflow_tracker as mt
+    from ltaug.track import effective_uri
+
+    opened = []
+
+    class Recorder:   # stands in for MLflowTracker: which store would the run be opened in?
+        def __init__(self, uri, experiment, run_name, parent_run_id=None, tags=None, artifact_root=None):
+            opened.append((uri, artifact_root))
+
+    monkeypatch.setattr(mt, "MLflowTracker", Recorder)
+    out = tmp_path / "out"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    make_tracker("", str(out), "e", "r")
+    make_tracker("sqlite:////abs/x.db", str(out), "e", "r")          # explicit wins over the variable
+    assert isinstance(make_tracker("none", str(out), "e", "r"), NullTracker)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    make_tracker("", str(out), "e", "r")
+    assert opened == [("http://127.0.0.1:5999", None), ("sqlite:////abs/x.db", None),
+                      (default_uri(str(out)), "file://" + str(out / "mlartifacts"))]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "none")                  # the variable can switch tracking off
+    assert isinstance(make_tracker("", str(out), "e", "r"), NullTracker) and effective_uri("") == "none"

@@ -38,7 +38,7 @@ def _objective(model, step, g):
 
 def _spec(steps: int) -> LoopSpec:
     return LoopSpec(steps=steps, lr=0.01, optimizer="adam", momentum=0.0, weight_decay=0.0, warmup=0, milestones=(),
-                    gamma=0.1, grad_clip=1.0, ema_decay=0.9, amp=False, log_every=1, ckpt_every=2, keep_checkpoints=5,
+                    gamma=0.1, grad_clip=1.0, ema_decay=0.9, amp=False, grad_accum=1, log_every=1, ckpt_every=2, keep_checkpoints=5,
                     seed=3, desc="train")
 
 

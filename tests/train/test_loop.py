@@ -32,7 +32,7 @@ def objective(batches):
 
 
 TOY = dict(lr=0.01, optimizer="adam", momentum=0.0, weight_decay=0.0, warmup=2, milestones=(), gamma=0.1,
-           grad_clip=1.0, ema_decay=0.9, amp=False, log_every=1, ckpt_every=0, keep_checkpoints=2, seed=3, desc="toy")
+           grad_clip=1.0, ema_decay=0.9, amp=False, grad_accum=1, log_every=1, ckpt_every=0, keep_checkpoints=2, seed=3, desc="toy")
 
 
 def spec(steps, **kw):
@@ -113,10 +113,10 @@ def test_diffusion_loop_spec_comes_from_train_and_seed():
 
     cfg = with_values(Config(), {"seed": 9, "train": dict(steps=200, lr=0.5, optimizer="sgd", momentum=0.7,
                                                             weight_decay=0.01, warmup=3, milestones=[0.5, 0.75],
-                                                            lr_gamma=0.2, grad_clip=2.0, ema_decay=0.5, amp=False,
+                                                            lr_gamma=0.2, grad_clip=2.0, ema_decay=0.5, amp=False, grad_accum=2,
                                                             log_every=7, ckpt_every=11, keep_checkpoints=4)})
     assert loop_spec(cfg) == LoopSpec(steps=200, lr=0.5, optimizer="sgd", momentum=0.7, weight_decay=0.01, warmup=3,
-                                      milestones=(100, 150), gamma=0.2, grad_clip=2.0, ema_decay=0.5, amp=False,
+                                      milestones=(100, 150), gamma=0.2, grad_clip=2.0, ema_decay=0.5, amp=False, grad_accum=2,
                                       log_every=7, ckpt_every=11, keep_checkpoints=4, seed=9, desc="diffusion")
     t, s = Config().train, loop_spec(Config())   # the defaults are the config's, field by field
     assert (s.steps, s.lr, s.optimizer, s.momentum, s.warmup, s.grad_clip, s.ema_decay, s.amp, s.keep_checkpoints) == (
@@ -133,5 +133,5 @@ def test_classifier_loop_spec_comes_from_classifier():
                                                    ckpt_every=20, keep_checkpoints=3)}).classifier
     assert loop_spec(c, n_train=1000, seed=4) == LoopSpec(
         steps=100, lr=0.3, optimizer="adamw", momentum=0.8, weight_decay=0.002, warmup=10, milestones=(50,),
-        gamma=0.5, grad_clip=3.0, ema_decay=0.9, amp=True, log_every=5, ckpt_every=20, keep_checkpoints=3, seed=4,
+        gamma=0.5, grad_clip=3.0, ema_decay=0.9, amp=True, grad_accum=1, log_every=5, ckpt_every=20, keep_checkpoints=3, seed=4,
         desc="classifier[resnet32/ce]")
