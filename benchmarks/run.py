@@ -81,10 +81,12 @@ def aggregate(runs: list[dict]) -> tuple[dict, dict]:
     return out, spread
 
 
-def append_history(results: dict, path: Path) -> None:
-    """One dated row per runner call (medians of the headline ratios, load before/after) under the marker."""
+def append_history(results: dict, path: Path, measured: set[str] | None = None) -> None:
+    """One dated row per runner call (medians of the headline ratios, load before/after) under the marker; a
+    ratio this call did not measure (``--only``) stays blank, never carried over."""
     m = results.get("machine", {})
-    cells = [f"{results[k]:.3g}" if isinstance(results.get(k), (int, float)) else "" for k in HISTORY_KEYS]
+    got = set(results) if measured is None else measured
+    cells = [f"{results[k]:.3g}" if isinstance(results.get(k), (int, float)) and k in got else "" for k in HISTORY_KEYS]
     row = "| " + " | ".join([time.strftime("%Y-%m-%d %H:%M"), str(results.get("repeats")),
                              f"{m.get('load_avg_1min') or 0:.2f} / {m.get('load_avg_1min_after') or 0:.2f}",
                              *cells]) + " |"
@@ -113,6 +115,8 @@ def render_latest(results: dict, path: Path) -> None:
                         f"Command: `{results.get('command')}` on {m.get('cpu')} ({m.get('cores')} cores, torch "
                         f"{m.get('torch')}, {m.get('torch_threads')} threads, 1-min load {m.get('load_avg_1min')} before, "
                         f"{m.get('load_avg_1min_after')} after), {results.get('repeats')} repeats per module (median, min, max). "
+                        f"Modules run: {', '.join(results.get('modules_run', [])) or 'none'}; the other rows are carried "
+                        "over from earlier calls (dates in the history table below). "
                         f"Errors: {results.get('errors') or 'none'}.", "", *rows, "", END])
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if BEGIN in text and END in text:
@@ -146,6 +150,7 @@ def main(argv=None) -> int:
     threads = torch.get_num_threads()
     results.setdefault("spread", {})
     results["repeats"] = args.repeats
+    measured: set[str] = set()
     for name in args.only or MODULES:
         t0 = time.perf_counter()
         runs, out = [], {}
@@ -163,6 +168,7 @@ def main(argv=None) -> int:
             torch.set_num_threads(threads)  # a module that pins threads must not change the next one's figures
         metrics, spread = aggregate(runs)
         results.update(metrics)
+        measured.update(metrics)
         results["spread"].update(spread)
         if isinstance(out.get("gpu"), dict):     # bench_gpu: its own section (device or the reason there is none)
             results["gpu"] = out["gpu"]
@@ -171,11 +177,13 @@ def main(argv=None) -> int:
                                     "repeats": len(runs)}
         print(f"{name}: " + json.dumps(metrics))
     results["machine"]["load_avg_1min_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    results["command"] = "python benchmarks/run.py" + (" --quick" if args.quick else "")
+    results["modules_run"] = list(args.only or MODULES)
+    results["command"] = "python benchmarks/run.py" + (" --quick" if args.quick else "") + \
+        (f" --only {' '.join(args.only)}" if args.only else "") + f" --repeats {args.repeats}"
     with open(args.out, "w") as fh:
         json.dump(results, fh, indent=2, default=str)
     render_latest(results, Path(args.results_md))
-    append_history(results, Path(args.results_md))
+    append_history(results, Path(args.results_md), measured)
     print(args.out)
     return 1 if results["errors"] else 0
 

@@ -336,7 +336,7 @@ def train_classifier(cfg: Any, data: Any, world: World, ckpt_dir: str | None = N
         yb = yb.to(device)
         logits = net(xb)
         loss = method.mean_loss(logits, yb, step, wb.to(device) if weighted else None)
-        return loss, {"train_acc": float((logits.argmax(1) == yb).float().mean())}
+        return loss, {"train_acc": (logits.argmax(1) == yb).float().mean()}   # read by the loop at log_every
 
     extra = {"model_spec": spec_m.to_dict(), "method": c.method, "use_ema": c.ema_decay > 0,
              "class_names": list(real.class_names), "num_real": len(y_real), "num_synthetic": n_syn,

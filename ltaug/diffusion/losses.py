@@ -395,7 +395,7 @@ class CompositeLoss:
         return any(term.needs_features for term, _ in self.terms.values())
 
     def __call__(self, ctx: LossContext, step: int = 0,
-                 sample_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+                 sample_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         total = ctx.x0.new_zeros(())
         logs: dict[str, float] = {}
         for name, (term, w) in self.terms.items():
@@ -405,5 +405,5 @@ class CompositeLoss:
             wv = float(w(step)) if callable(w) else float(w)
             red = (per * sample_weights).mean() if sample_weights is not None else per.mean()
             total = total + wv * red
-            logs[f"loss/{name}"] = float(per.detach().mean())
+            logs[f"loss/{name}"] = per.detach().mean()   # a device tensor: the loop reads it at log_every
         return total, logs
