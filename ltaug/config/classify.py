@@ -111,3 +111,14 @@ class EvalConfig:
     kid_subsets: int = F(100, ge=1, help="KID: number of random subsets")
     kid_subset_size: int = F(1000, ge=2, help="KID: subset size (capped at the set sizes)")
     grid_per_class: int = F(8, ge=1, help="sample grids: images per class")
+    minority_scales: tuple[float, ...] = F((), help="quality gate of minority guidance (evaluate with model.checkpoint): "
+                                                    "these guidance.minority.scale values (and 0, unguided) are sampled "
+                                                    "with the same seeds and scored on the validation split; "
+                                                    "minority_gate.json/.png report the low-density metrics against "
+                                                    "precision and class consistency and the largest scale within 2 "
+                                                    "points of unguided class consistency and 10% of its precision")
+
+    def validate(self, prefix: str) -> None:
+        bad = [v for v in self.minority_scales if not v >= 0]
+        if bad:
+            raise ConfigError(f"{prefix}.minority_scales: {bad[0]} is not a scale (guidance scales are >= 0)")

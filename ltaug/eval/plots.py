@@ -224,3 +224,38 @@ def distance_histogram(distances: Sequence[float], radii: Sequence[float], categ
     ax.set_title(title)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def minority_gate_plot(gate: Mapping, path: str, title: str = "minority guidance: quality gate (validation)") -> str:
+    """Left: the low-density metrics relative to unguided against the guidance scale (what guidance raises);
+    right: precision and class consistency with the gate's floors dashed (what must hold); the chosen scale is the
+    vertical line in both panels. ``gate`` is :func:`ltaug.eval.gate.choose_scale`'s result."""
+    plt = _plt()
+    rows = list(gate["rows"])
+    s = np.array([r["scale"] for r in rows], dtype=np.float64)
+    ref = next(r for r in rows if r["scale"] == 0)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    for key, mark in (("avg_knn", "o-"), ("lof", "s-"), ("rarity", "^-")):
+        v = np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=np.float64)
+        if ref.get(key):
+            a.plot(s, v / ref[key], mark, label=key)
+    a.axhline(1.0, color="grey", lw=0.8)
+    a.set_xlabel("guidance.minority.scale")
+    a.set_ylabel("relative to unguided")
+    a.set_title("low-density metrics (higher = rarer)")
+    a.legend(fontsize=8)
+    for key, mark, floor in (("precision", "o-", "precision_floor"), ("class_consistency", "s-", "class_consistency_floor")):
+        line, = b.plot(s, [r[key] for r in rows], mark, label=key)
+        b.axhline(gate[floor], color=line.get_color(), ls="--", lw=0.9)
+    fail = [r["scale"] for r in rows if not r.get("passes", True)]
+    if fail:
+        b.plot(fail, [min(r["precision"], r["class_consistency"]) for r in rows if not r.get("passes", True)], "x",
+               color="red", ms=9, label="fails the gate")
+    b.set_xlabel("guidance.minority.scale")
+    b.set_ylim(0, 1.02)
+    b.set_title("precision / class consistency (dashed: floors)")
+    b.legend(fontsize=8, loc="lower left")
+    for ax in (a, b):
+        ax.axvline(gate["chosen_scale"], color="black", lw=1.0, ls=":")
+    fig.suptitle(f"{title}: chosen scale {gate['chosen_scale']:g}", fontsize=10)
+    return _save(fig, path)

@@ -72,6 +72,34 @@ def evaluate_diffusion(cfg: Config, run: Run, data: LTDataset, checkpoint: str, 
     return rep
 
 
+def minority_gate(cfg: Config, run: Run, data: LTDataset, checkpoint: str) -> dict[str, Any]:
+    """The quality gate (:mod:`ltaug.eval.gate`) over ``eval.minority_scales`` and 0: the same seeds per scale,
+    scored on the validation split; ``minority_gate.json`` + ``minority_gate.png``; returns the gate."""
+    from ..config import with_values
+    from ..eval.gate import choose_scale, gate_metrics
+    from ..eval.plots import minority_gate_plot
+
+    device = resolve_device(cfg.resources)
+    evalnet, _ = load_or_train_evalnet(cfg, cache_root(cfg), device)
+    space = make_feature_space(cfg.eval, evalnet=evalnet, device=device)
+    rows = []
+    for scale in sorted({0.0, *map(float, cfg.eval.minority_scales)}):
+        samples = draw_samples(with_values(cfg, {"guidance.minority.scale": scale}), checkpoint, data.num_classes, device)
+        rows.append({"scale": scale, **gate_metrics(data.validation, samples, space, evalnet, cfg.eval.knn_k, cfg.seed)})
+        print(f"[gate] scale {scale:g}: " + "  ".join(f"{k} {rows[-1][k]:.3f}" for k in
+                                                     ("precision", "class_consistency", "avg_knn")
+                                                     if rows[-1].get(k) is not None), flush=True)
+    gate = choose_scale(rows)
+    gate.update({"checkpoint": checkpoint, "num_per_class": cfg.eval.num_per_class, "sampler": cfg.sample.sampler,
+                 "space": cfg.guidance.minority.space, "distance": cfg.guidance.minority.distance,
+                 "features": resolve_features(cfg.eval), "reference": "validation split, class-balanced"})
+    png = minority_gate_plot(gate, run.local("minority_gate.png"))
+    gate["plot"] = run.publish(png, "minority_gate.png")
+    run.write_json("minority_gate.json", gate)
+    run.tracker.log_metrics({"gate_chosen_scale": gate["chosen_scale"]})
+    return gate
+
+
 def generative_protocol_summary(rep: dict[str, Any], cfg: Config, checkpoint: str) -> dict[str, Any]:
     return {**rep, "checkpoint": checkpoint, "num_per_class": cfg.eval.num_per_class,
             "sampler": cfg.sample.sampler, "sample_steps": cfg.sample.steps, "omega": cfg.guidance.cfg.omega,
@@ -105,7 +133,10 @@ def evaluate(cfg: Config, run: Run, launcher: Launcher | None = None) -> dict[st
         rep = evaluate_diffusion(cfg, run, data, ckpt)
         summary["diffusion"] = {k: rep[k] for k in (*SCALAR_KEYS, "checkpoint", "samples", "features")}
         summary["diffusion"]["evaluation"] = run.path("evaluation.json")
+        if cfg.eval.minority_scales:
+            gate = minority_gate(cfg, run, data, ckpt)
+            summary["minority_gate"] = {k: gate[k] for k in ("chosen_scale", "rule", "rows", "plot")}
     return summary
 
 
-__all__ = ["evaluate", "evaluate_diffusion", "protocol_report", "draw_samples"]
+__all__ = ["evaluate", "evaluate_diffusion", "protocol_report", "draw_samples", "minority_gate"]

@@ -178,5 +178,15 @@ def test_evaluate_job_diffusion_protocol_end_to_end(tmp_path, capsys):
         assert isinstance(rep[key], float) and math.isfinite(rep[key]), key
         assert summary["diffusion"][key] == rep[key]
     assert rep["features"] == "evalnet" and len(rep["per_class"]) == 10 and "acc_all" not in summary
+    # the quality gate of minority guidance: the same seeds per scale, scored on validation, a plot and a choice
+    assert job.job_main("evaluate", job.__doc__, job.body, [*quick, *tiny, "run.name=g", f"model.checkpoint={ckpt}",
+                                                            "eval.cas_steps=0", "eval.minority_scales=[0.5]"]) == 0
+    gate_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    gate = json.loads((gate_dir / "minority_gate.json").read_text())
+    assert [r["scale"] for r in gate["rows"]] == [0.0, 0.5] and gate["rows"][0]["passes"] is True
+    assert gate["chosen_scale"] in (0.0, 0.5) and gate["reference"] == "validation split, class-balanced"
+    assert all(isinstance(r[k], float) for r in gate["rows"] for k in ("precision", "class_consistency", "avg_knn"))
+    assert (gate_dir / "minority_gate.png").stat().st_size > 5000
+    assert json.loads((gate_dir / "summary.json").read_text())["minority_gate"]["chosen_scale"] == gate["chosen_scale"]
     assert job.job_main("evaluate", job.__doc__, job.body, [*quick, *tiny, "run.name=none"]) == 2  # nothing to evaluate
     assert "model.checkpoint" in capsys.readouterr().err
