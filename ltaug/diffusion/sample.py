@@ -43,6 +43,11 @@ def per_sample_randn(gens: Sequence[torch.Generator], shape: Sequence[int], devi
     return torch.stack([torch.randn(tuple(shape), generator=g, device=device, dtype=dtype) for g in gens])
 
 
+def guidance_seeds(seeds: Sequence[int]) -> list[int]:
+    """The seeds of the guidance noise stream of images with ``seeds`` (distinct from every sampler stream)."""
+    return [(int(s) * 6_364_136_223_846_793_005 + 1_442_695_040_888_963_407) % SEED_MOD for s in seeds]
+
+
 def sample_seeds(base: int, n: int, offset: int = 0) -> list[int]:
     """Seeds of images ``offset .. offset+n-1`` of a run with base seed ``base`` (stable, distinct)."""
     return [(base * 1_000_003 + 7919 * (offset + k) + 1) % SEED_MOD for k in range(n)]
@@ -149,7 +154,15 @@ def sample(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Seq
                            clip_denoised=scfg.clip_denoised)
     n = len(grid)
     randn: Callable[[], Tensor] = lambda: per_sample_randn(gens, shape, device, dtype)  # noqa: E731
-    eps_fn = EpsFn(model, labels, C, schedule, randn)
+    # Guidance noise (minority guidance's re-noising) comes from its own per-image stream, so the sampler's own
+    # noise (x_T and every step's) is the same with and without guidance: scale -> 0 converges to unguided.
+    guide_gens: list[torch.Generator] = []
+
+    def guide_randn() -> Tensor:
+        if not guide_gens:
+            guide_gens.extend(generators(guidance_seeds(seeds), device))
+        return per_sample_randn(guide_gens, shape, device, dtype)
+    eps_fn = EpsFn(model, labels, C, schedule, guide_randn)
     x = randn()
     if gamma != 1.0:
         x = gamma * x   # BnS boosted x_T
@@ -171,7 +184,7 @@ def sample(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Seq
                     ctx = MeanContext(
                         x_t=x_in, t=t, eps=eps, x0_hat=schedule.eps_to_x0(x_in, t, eps), mean=mean,
                         var=stepper.guidance_variance(i), schedule=schedule,
-                        redenoise=_redenoiser(eps_fn, schedule, on_eps, i, n), randn=randn, step=i, steps=n,
+                        redenoise=_redenoiser(eps_fn, schedule, on_eps, i, n), randn=guide_randn, step=i, steps=n,
                         pred=pred)
                     for g in on_mean:
                         mean = mean.detach() + g.delta_mean(ctx)

@@ -45,6 +45,8 @@ def generation_settings(cfg: Any, checkpoint_digest: str) -> dict[str, Any]:
             guidance[name] = {cls.scale_key: getattr(section, cls.scale_key)}
     sampler = {k: getattr(s, k) for k in SAMPLER_KEYS}
     sampler.update({k: getattr(s, k) for k, off in BNS_KEYS.items() if getattr(s, k) != off})
+    if any(cls.switched_on(getattr(cfg.guidance, name)) and name == "minority" for name, cls in GUIDANCES.items()):
+        guidance["minority"]["noise"] = "own-stream"   # since its re-noising stopped sharing the sampler's stream
     return {"sampler": sampler, "use_ema": s.use_ema, "guidance": guidance,
             "minority_score": cfg.generate.minority_score, "score_iters": cfg.generate.score_iters,
             "checkpoint_digest": checkpoint_digest}
