@@ -80,8 +80,17 @@ class PipelineConfig:
     seed_diffusion: bool = F(False, help="with pipeline.seeds: also train the diffusion model and generate the "
                                          "shards once per seed (seed=<s>, generate.seed=<s>); false = one "
                                          "diffusion model and one shard set shared by all seeds")
+    gate_scales: tuple[float, ...] = F((), help="quality gate before generation: sample these guidance.minority.scale "
+                                                "values and 0 with the same seeds (eval.num_per_class per class), score "
+                                                "them on the validation split and generate with the largest scale whose "
+                                                "class consistency stays within 2 points and precision within 10% of "
+                                                "unguided (child run gate; minority_gate.json/.png); empty = "
+                                                "guidance.minority.scale as configured")
 
     def validate(self, prefix: str) -> None:
+        bad = [v for v in self.gate_scales if not v >= 0]
+        if bad:
+            raise ConfigError(f"{prefix}.gate_scales: {bad[0]} is not a scale (guidance scales are >= 0)")
         allowed = CLASSIFIER_METHODS
         bad = [m for m in self.classical if m not in allowed]
         if bad:

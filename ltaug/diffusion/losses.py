@@ -215,8 +215,8 @@ class AIDLoss:
                              f"{tuple(space.radii.shape)}")
         self.space, self.gate, self.id_from, self.normalize = space, gate, id_from, normalize
         self.id_radii = id_radii
-        self.m_mse: float | None = None
-        self.m_aid: float | None = None
+        self.m_mse: Tensor | None = None    # detached 0-d tensors on the loss's device (no host sync per step)
+        self.m_aid: Tensor | None = None
 
     def sides(self, ctx: LossContext) -> tuple[Tensor, Tensor, Tensor]:
         """``(id_side [B], ood_side [B], d [B])``, each side with its time gate applied."""
@@ -232,7 +232,7 @@ class AIDLoss:
         if self.gate == "half":
             ood_side = ood_side * (ctx.t < ctx.schedule.T // 2).to(d.dtype)
         elif self.gate == "alpha_bar":
-            ood_side = ood_side * ctx.schedule.alpha_bar[ctx.t.cpu()].to(d)
+            ood_side = ood_side * ctx.schedule.alpha_bar.to(ctx.t.device)[ctx.t].to(d)   # gathered on device
         return id_side, ood_side, d
 
     def __call__(self, ctx: LossContext) -> Tensor:
@@ -242,13 +242,13 @@ class AIDLoss:
             loss = loss * self._scale(ctx, loss)
         return loss
 
-    def _scale(self, ctx: LossContext, loss: Tensor) -> float:
-        mse = float(_sq(ctx.pred("cond").eps.detach(), ctx.noise).mean())
-        aid = float(loss.detach().mean())
+    def _scale(self, ctx: LossContext, loss: Tensor) -> Tensor:
+        mse = _sq(ctx.pred("cond").eps.detach(), ctx.noise).mean().double()
+        aid = loss.detach().mean().double()
         k = AID_NORM_MOMENTUM
         self.m_mse = mse if self.m_mse is None else k * self.m_mse + (1 - k) * mse
         self.m_aid = aid if self.m_aid is None else k * self.m_aid + (1 - k) * aid
-        return self.m_mse / max(self.m_aid, 1e-8)
+        return (self.m_mse / self.m_aid.clamp_min(1e-8)).to(loss.dtype)
 
 
 class InfoNCELoss:

@@ -27,6 +27,15 @@ KIND = "diffusion"
 GRID_PER_CLASS = 4
 
 
+def host_generator(g: torch.Generator) -> torch.Generator:
+    """The generator the objective's host-side scalars (the label-drop coin, the dropout seed) come from: ``g``
+    itself on CPU (the stream unchanged), else a CPU generator seeded from ``g``'s seed (read on the host), so a
+    CUDA step draws them without a device-to-host sync and stays a pure function of (seed, step, rank)."""
+    if g.device.type == "cpu":
+        return g
+    return torch.Generator().manual_seed((g.initial_seed() * 2_862_933_555_777_941_757 + 3_037_000_493) % (2**63 - 1))
+
+
 class DiffusionObjective:
     """``objective(model, step, generator) -> (loss, logs)`` for ``fit``.
 
@@ -58,9 +67,10 @@ class DiffusionObjective:
         B = x0.shape[0]
         t = torch.randint(0, self.schedule.T, (B,), generator=g, device=g.device).to(device)
         noise = torch.randn(x0.shape, generator=g, device=g.device, dtype=x0.dtype).to(device)
-        dropped = bool(torch.rand((), generator=g, device=g.device) < self.label_drop)
+        hg = host_generator(g)
+        dropped = bool(torch.rand((), generator=hg) < self.label_drop)     # a host draw: no device sync
         prior_y = torch.multinomial(self.prior.to(g.device), B, replacement=True, generator=g).to(device)
-        return dict(x0=x0, y=y, t=t, noise=noise, dropped=dropped, prior_y=prior_y)
+        return dict(x0=x0, y=y, t=t, noise=noise, dropped=dropped, prior_y=prior_y, host_g=hg)
 
     def __call__(self, model: nn.Module, step: int, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         device = next(model.parameters()).device
@@ -71,7 +81,7 @@ class DiffusionObjective:
         self.last_ctx = ctx
         # Dropout draws from the global RNG: fork it and seed it from the step's generator, so a step is
         # a pure function of (weights, step) and resuming needs no global RNG bookkeeping.
-        seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device))
+        seed = int(torch.randint(0, 2**62, (1,), generator=d["host_g"]))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             loss, logs = self.loss(ctx, step)

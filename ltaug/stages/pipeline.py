@@ -28,7 +28,7 @@ from ..config import Config, with_values
 from ..data.dataset import val_note, val_report
 from .data import stage_data
 from .checks import check_classifier_fits, check_diffusion_fits
-from .evaluate import evaluate
+from .evaluate import evaluate, minority_gate
 from .generate import generate
 from .launcher import Launcher
 from .report import write_report
@@ -115,10 +115,22 @@ def check_seeds(cfg: Config) -> None:
                              f"{key}={value!r} names one for all seeds (unset it, or pipeline.seed_diffusion=false)")
 
 
+def gate_stage(dcfg: Config, run: Run, data: Any, checkpoint: str, name: str) -> dict[str, Any]:
+    """The quality gate of minority guidance (``pipeline.gate_scales``) on the trained model, child run ``name``:
+    its ``chosen_scale`` is the ``guidance.minority.scale`` generation uses."""
+    gcfg = with_values(dcfg, {"eval.minority_scales": list(dcfg.pipeline.gate_scales)})
+    res = _staged(run, name, gcfg, lambda r: minority_gate(gcfg, r, data, checkpoint))
+    print(f"[{name}] guidance.minority.scale {dcfg.guidance.minority.scale:g} -> {res['chosen_scale']:g} "
+          f"(largest of {sorted(dcfg.pipeline.gate_scales)} within the gate on validation; {res['plot']})", flush=True)
+    return res
+
+
 def diffusion_and_shards(cfg: Config, run: Run, launcher: Launcher, base_ckpt: str,
-                         seed: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                         seed: int | None = None, data: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Stages 3-4: (diffusion, generation) results. ``seed`` None: child runs ``diffusion`` / ``generate`` at the
-    config's seeds; else ``diffusion-s<seed>`` / ``generate-s<seed>`` with ``seed`` and ``generate.seed`` = seed."""
+    config's seeds; else ``diffusion-s<seed>`` / ``generate-s<seed>`` with ``seed`` and ``generate.seed`` = seed.
+    With ``pipeline.gate_scales`` (and ``data``) the gate runs in between (child run ``gate<sfx>``); its result is
+    ``gen["gate"]``."""
     sfx = "" if seed is None else f"-s{seed}"
     # AID and the classifier-feature discrepancy use the baseline's features
     dcfg = with_values(cfg, {"classifier.checkpoint": base_ckpt,
@@ -134,9 +146,17 @@ def diffusion_and_shards(cfg: Config, run: Run, launcher: Launcher, base_ckpt: s
         gen = {"output_uri": cfg.pipeline.shards, "mlflow_run_id": None, "seconds": 0.0}
         print(f"[generate] using existing shards {cfg.pipeline.shards}", flush=True)
     else:
+        gate = None
+        if cfg.pipeline.gate_scales:
+            if data is None:
+                raise ValueError("pipeline.gate_scales: the quality gate needs the dataset (its validation split)")
+            gate = gate_stage(dcfg, run, data, diffusion["checkpoint"], f"gate{sfx}")
+            dcfg = with_values(dcfg, {"guidance.minority.scale": float(gate["chosen_scale"])})
         gcfg = with_values(dcfg, {"model.checkpoint": diffusion["checkpoint"]})
         log = lambda m: print(f"[generate{sfx}] {m}", flush=True)  # noqa: E731
         gen = _staged(run, f"generate{sfx}", gcfg, lambda r: generate(gcfg, r, launcher, log=log))
+        if gate is not None:
+            gen["gate"] = {k: gate.get(k) for k in ("chosen_scale", "rule", "rows", "plot", "mlflow_run_id", "seconds")}
     gen["manifest"] = _read_manifest(gen["output_uri"])
     return diffusion, gen
 
@@ -193,7 +213,7 @@ def pipeline(cfg: Config, run: Run, launcher: Launcher) -> dict[str, Any]:
     # 3-4. diffusion, generation + ID/AID/OOD filtering into shards (once, or per seed)
     per_diffusion = multi and cfg.pipeline.seed_diffusion      # without pipeline.seeds: the config's seed
     dseeds: list[int | None] = list(seeds) if per_diffusion else [None]
-    made = {d: diffusion_and_shards(cfg, run, launcher, base_ckpt, d) for d in dseeds}
+    made = {d: diffusion_and_shards(cfg, run, launcher, base_ckpt, d, data=data) for d in dseeds}
     for d, (diffusion, gen) in made.items():
         sfx = "" if d is None else f"-s{d}"
         stages[f"diffusion{sfx}"], stages[f"generate{sfx}"] = diffusion, gen
@@ -233,6 +253,7 @@ def pipeline(cfg: Config, run: Run, launcher: Launcher) -> dict[str, Any]:
         "dataset": data_uri,
         **val_report(data),
         "num_synthetic_used": len(synthetic),
+        "minority_gate": gen.get("gate"),
         "generative": evaluation.get("generative"),
         "report": evaluation["report"],
         "world_size": {k: v.get("world_size") for k, v in firsts.items()},

@@ -128,3 +128,17 @@ def test_pipeline_end_to_end(tmp_path, run_pipeline):
         assert [r[k] for r in p["rows"]] == pytest.approx(d) and p[k] == pytest.approx(np.mean(d)), k
     report = (run_dir4 / "report.md").read_text()
     assert "Paired difference: augmented − " + best in report and "±" in report
+
+    # the quality gate before generation (pipeline.gate_scales): generation uses the scale the gate chose on
+    # validation, the gate's rows and plot are in the summary and the gate's child run
+    run_dir5, s5, out5, _ = run_pipeline(tmp_path / "runs5", f"classifier.checkpoint={ck['baseline']}",
+                                         f"model.checkpoint={ck['diffusion']}", "pipeline.classical=[]",
+                                         "pipeline.gate_scales=[0.1, 50.0]")
+    gate = s5["minority_gate"]
+    assert [r["scale"] for r in gate["rows"]] == [0.0, 0.1, 50.0]
+    chosen = gate["chosen_scale"]
+    assert chosen in (0.0, 0.1, 50.0) and f"-> {chosen:g}" in out5
+    assert max([r["scale"] for r in gate["rows"] if r["passes"]] or [0.0]) == chosen
+    assert (run_dir5 / "gate" / "minority_gate.json").exists() and (run_dir5 / "gate" / "minority_gate.png").stat().st_size > 1000
+    manifest = json.loads((run_dir5 / "generate" / "manifest.json").read_text())
+    assert manifest["settings"]["generator"]["guidance"]["minority"]["scale"] == chosen
