@@ -28,6 +28,10 @@ class GenerateConfig:
     minority_score: bool = F(True, help="record each image's minority score (Um et al. 2024) in its json")
     score_iters: int = F(2, ge=1, help="Monte-Carlo draws of the minority score")
     max_in_flight: int = F(0, ge=0, help="Ray: shards queued per actor (0 = Ray's default)")
+    encode_cpus: float = F(1.0, gt=0.0, help="Ray: CPUs of each encoder actor, the stage after the samplers that "
+                                             "makes the filter's keep decision, encodes PNGs, builds and publishes "
+                                             "each tar (one PUT) while the samplers go on; the cluster needs "
+                                             "resources.num_workers x resources.cpus_per_worker + this many CPUs")
 
     def validate(self, prefix: str) -> None:
         if any(b < 0 for b in self.budget):
@@ -86,6 +90,8 @@ class PipelineConfig:
                                                 "class consistency stays within 2 points and precision within 10% of "
                                                 "unguided (child run gate; minority_gate.json/.png); empty = "
                                                 "guidance.minority.scale as configured")
+    gate_per_class: int = F(0, ge=0, help="samples per class of each gate scale (0 = eval.num_per_class); many-class "
+                                          "datasets (ImageNet-LT) gate on fewer")
 
     def validate(self, prefix: str) -> None:
         bad = [v for v in self.gate_scales if not v >= 0]

@@ -118,7 +118,8 @@ def check_seeds(cfg: Config) -> None:
 def gate_stage(dcfg: Config, run: Run, data: Any, checkpoint: str, name: str) -> dict[str, Any]:
     """The quality gate of minority guidance (``pipeline.gate_scales``) on the trained model, child run ``name``:
     its ``chosen_scale`` is the ``guidance.minority.scale`` generation uses."""
-    gcfg = with_values(dcfg, {"eval.minority_scales": list(dcfg.pipeline.gate_scales)})
+    n = dcfg.pipeline.gate_per_class or dcfg.eval.num_per_class
+    gcfg = with_values(dcfg, {"eval.minority_scales": list(dcfg.pipeline.gate_scales), "eval.num_per_class": n})
     res = _staged(run, name, gcfg, lambda r: minority_gate(gcfg, r, data, checkpoint))
     print(f"[{name}] guidance.minority.scale {dcfg.guidance.minority.scale:g} -> {res['chosen_scale']:g} "
           f"(largest of {sorted(dcfg.pipeline.gate_scales)} within the gate on validation; {res['plot']})", flush=True)

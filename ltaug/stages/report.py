@@ -158,6 +158,9 @@ def _markdown(cfg: Config, data: LTDataset, baseline, classical, augmented, gen,
                                                  for k in (*ACC, *(f"val_{a}" for a in ACC))) + " |")
     lines += paired_section(paired)
     man = gen.get("manifest")
+    gate = gen.get("gate")
+    scale = gate["chosen_scale"] if gate else cfg.guidance.minority.scale
+    gated = ", chosen by the quality gate below" if gate else ""
     lines += ["", "## Generation", ""]
     if cfg.pipeline.seed_diffusion and len(cfg.pipeline.seeds) > 1:
         lines += [f"One diffusion model and shard set per seed (pipeline.seed_diffusion); below: seed "
@@ -168,8 +171,17 @@ def _markdown(cfg: Config, data: LTDataset, baseline, classical, augmented, gen,
                      f"(ID {cats.get('id', 0)}, AID {cats.get('aid', 0)}, OOD {cats.get('ood', 0)}; kept: "
                      f"{', '.join(cfg.filter.keep)}). Synthetic images used for training: {n_syn}, weight "
                      f"omega = {cfg.classifier.synthetic_weight}. Sampler {cfg.sample.sampler} x {cfg.sample.steps} steps, "
-                     f"CFG omega {cfg.guidance.cfg.omega}, minority scale {cfg.guidance.minority.scale} "
-                     f"(every {cfg.guidance.minority.every}). Shards: `{gen['output_uri']}`.")
+                     f"CFG omega {cfg.guidance.cfg.omega}, minority scale {scale} "
+                     f"(every {cfg.guidance.minority.every}{gated}). Shards: `{gen['output_uri']}`.")
+    if gate:
+        lines += ["", "Quality gate of minority guidance (validation split; the largest scale within 2 points of "
+                  "unguided class consistency and 10% of its precision):", "",
+                  "| scale | precision | class consistency | AvgkNN | passes |", "|---|---|---|---|---|"]
+        lines += [f"| {r['scale']:g} | {r.get('precision', float('nan')):.3f} | "
+                  f"{r.get('class_consistency', float('nan')):.3f} | {r.get('avg_knn', float('nan')):.3f} | "
+                  f"{'yes' if r.get('passes') else 'no'} |" for r in gate.get("rows", [])]
+        if gate.get("plot"):
+            lines += ["", f"Gate plot: `{gate['plot']}`"]
     if generative:
         keys = [k for k in ("fid", "kid", "fid_many", "fid_medium", "fid_few", "precision", "recall", "density",
                             "coverage", "class_consistency", "cas_acc", "near_copy_rate", "avg_knn", "lof", "rarity")

@@ -139,6 +139,7 @@ def test_pipeline_end_to_end(tmp_path, run_pipeline):
     chosen = gate["chosen_scale"]
     assert chosen in (0.0, 0.1, 50.0) and f"-> {chosen:g}" in out5
     assert max([r["scale"] for r in gate["rows"] if r["passes"]] or [0.0]) == chosen
+    assert "Quality gate of minority guidance" in (run_dir5 / "report.md").read_text()
     assert (run_dir5 / "gate" / "minority_gate.json").exists() and (run_dir5 / "gate" / "minority_gate.png").stat().st_size > 1000
     manifest = json.loads((run_dir5 / "generate" / "manifest.json").read_text())
     assert manifest["settings"]["generator"]["guidance"]["minority"]["scale"] == chosen
