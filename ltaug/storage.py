@@ -214,6 +214,17 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     return data
 
 
+def read_range(uri: str, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of ``uri`` (one ranged GET on S3); shorter when the file ends before ``end``."""
+    fs, path = get_fs(uri)
+    if not is_remote(uri):
+        _local_regular(path, uri, None)
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            return fh.read(max(0, end - start))
+    return with_retry(lambda: fs.cat_file(path, start=start, end=end), f"read {uri}")
+
+
 def _write_error(uri: str, e: OSError) -> StorageError:
     import errno
 

@@ -26,6 +26,8 @@ SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")   # what tar
 PLAN_FILES = (".ltaug/plan.json", "_plan.json")
 MANIFEST_FILES = (".ltaug/manifest.json", "manifest.json")
 PLAN_FILE, MANIFEST_FILE = PLAN_FILES[0], MANIFEST_FILES[0]
+# A generation shard's first member: its stats (ltaug.generate.shards.STATS_MEMBER), never a sample
+STATS_MEMBER = "__ltaug_stats__"
 
 
 def _first_existing(uri: str, names: tuple[str, ...]) -> str | None:
@@ -60,7 +62,8 @@ END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE  # two zero blocks end every tar (POSIX u
 
 
 def iter_samples(shard: str) -> Iterator[dict[str, Any]]:
-    """Yield ``{"__key__", "__url__", ext: bytes}`` per sample, in tar order (keys must be contiguous)."""
+    """Yield ``{"__key__", "__url__", ext: bytes}`` per sample, in tar order (keys must be contiguous); a
+    generation shard's stats member (:data:`STATS_MEMBER`) is skipped, never a sample."""
     fs, path = storage.get_fs(shard)
     current: dict[str, Any] | None = None
     seen: set[str] = set()
@@ -72,7 +75,7 @@ def iter_samples(shard: str) -> Iterator[dict[str, Any]]:
         try:
             for member in tar:
                 name = _safe_name(member.name, shard)
-                if not member.isfile():
+                if not member.isfile() or name == STATS_MEMBER:
                     continue
                 base = name.rsplit("/", 1)[-1]
                 if "." not in base:

@@ -1,31 +1,44 @@
 """Ray Data for ``RayLauncher.map_shards`` / ``map_verify``.
 
-Generation: ``from_items(#pending, one block per shard) -> map_batches(actor pool of producers that publish,
-batch_size=1)``, streamed; only slim stats reach the driver. No stage but the actors reserves a CPU, so
-``num_workers x cpus_per_worker`` may fill the cluster (a ``range`` read task or a separate publish task
-with a CPU would then never be scheduled; a 0-CPU publish task spawned a worker process per shard), and the
-tar bytes never cross the object store (the actor writes its shard with one atomic write; the sampler
-waits for that write, small against the sampling of a shard). One shard per Ray Data task: the retry unit
-equals the commit unit, so a lost actor loses only the shards it was working on, and shards are published
-one by one as they finish (never in bursts of a multi-shard block). Faults:
+Generation is two Ray Data stages over ``from_items(#pending, one block per shard)``, streamed:
 
-- an application error in a producer is retried in the actor up to ``generate.max_shard_retries`` times
-  (:func:`ltaug.generate.produce_with_retries`), then the job fails with one line naming the shard (Ray
-  Data's ``actor_task_retry_on_errors`` stays off: its retries would not name the shard); a killed actor is
-  restarted and its in-flight shards retried by Ray Data's defaults (``max_restarts=-1``,
+1. ``map_batches(ShardActor)``, an actor pool of samplers (``resources.num_workers`` actors of
+   ``resources.cpus_per_worker`` CPUs, and a GPU each with ``resources.use_gpu``): only samples. Per shard it
+   returns the raw rows (uint8 images, labels, seeds, keys, the filter's categories and distances:
+   :meth:`ltaug.generate.ShardProducer.sample`) as one pickled value, and goes on with the next shard.
+2. ``map_batches(ShardEncoder)``, an actor pool of encoders with their own ``generate.encode_cpus`` CPUs (1 up
+   to ``num_workers`` actors, autoscaled): the filter's keep decision, PNG encoding, the tar with its stats
+   member first (:func:`ltaug.generate.encode_shard`) and the shard's single PUT (``publish``, the commit).
+   Only slim stats reach the driver.
+
+So the sampler never waits for encoding or storage; the raw shard crosses the object store once (its
+uint8 images, about the tar's size), the tar bytes never do. Batch size 1 everywhere: one shard per Ray Data
+task in each stage, so the retry unit stays the commit unit, a lost actor loses only its in-flight shards,
+and shards are published one by one as they finish. The samplers, plus one encoder, must fit the cluster's
+CPUs (checked up front, else Ray would wait forever); a ``range`` read task would need a CPU as well, hence
+blocks put from the driver. Faults:
+
+- an application error in either stage is retried in its actor up to ``generate.max_shard_retries`` times
+  (:func:`ltaug.generate.retry_shard`: the sampling in the sampler, encode + publish in the encoder, each a
+  pure function of the shard), then the job fails with one line naming the shard, nothing published for it
+  (Ray Data's ``actor_task_retry_on_errors`` stays off: its retries would not name the shard); a killed actor
+  is restarted and its in-flight shards retried by Ray Data's defaults (``max_restarts=-1``,
   ``max_task_retries=-1``; overriding them needs ``**ray_remote_args``, deprecated in 2.60);
 - ``resources.use_gpu`` on a cluster without GPUs is refused before anything is scheduled (Ray would wait
   for a GPU forever), and an actor that lands where CUDA is not available fails at construction, naming
   the key and the node (never a silent CPU run); constructor failures are not retried.
 
+A producer without ``sample`` (any ``shard -> (tar bytes, stats)`` callable) runs whole in stage 1 and stage 2
+only publishes it.
+
 Driver cost of one block per shard grows with the blocks of one execution (Ray Data keeps a block and its
 metadata per shard), measured on a loaded 2-core box (benchmarks/bench_scale.py ``block_planning``, private
-local Ray, trivial producer): 1,000 blocks: whole run 23.7 s, first result after 7.3 s, 233 MB peak driver
-RSS (118 MB at start); 10,000 blocks: first result after 29.8 s, 279 MB (the ``range`` variant: ~575 MB).
-So more than :data:`WINDOW` pending shards run as consecutive executions of ``WINDOW`` shards each: the
-driver stays bounded, at the price of one actor-pool start (a model load) per window - negligible against
-10,000 shards of work. With ``generate.shard_target_mb`` sized shards (e.g. 256 MB = 43.7k samples at 32x32x3)
-10M images are only ~230 shards anyway.
+local Ray, trivial producer, single-stage pipeline): 1,000 blocks: whole run 23.7 s, first result after 7.3 s,
+233 MB peak driver RSS (118 MB at start); 10,000 blocks: first result after 29.8 s, 279 MB (the ``range``
+variant: ~575 MB). So more than :data:`WINDOW` pending shards run as consecutive executions of ``WINDOW``
+shards each: the driver stays bounded, at the price of one actor-pool start (a model load) per window -
+negligible against 10,000 shards of work. With ``generate.shard_target_mb`` sized shards (e.g. 256 MB =
+43.7k samples at 32x32x3) 10M images are only ~230 shards anyway.
 
 Verify: ``from_items(#shards, one block per shard) -> map_batches(check, task pool)``; each task returns its
 shard's small result as JSON.
@@ -33,6 +46,7 @@ shard's small result as JSON.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from typing import Any, Callable, Iterable, Sequence
 
@@ -49,11 +63,11 @@ class GpuMissingError(RuntimeError):
 
 
 class ShardActor:
-    """Ray Data actor: builds the producer once, then turns pending-shard positions into published shards and
-    passes only their slim stats on (the tar bytes never enter the object store)."""
+    """Stage 1, the sampler: builds the producer once, then turns pending-shard positions into raw shards
+    (:meth:`~ltaug.generate.ShardProducer.sample`, retried per shard) for the encoder stage."""
 
     def __init__(self, make_producer: Callable[[], Any], pending: np.ndarray, use_gpu: bool = False,
-                 retries: int = 0, publish: Callable[[bytes, Any], Any] | None = None) -> None:
+                 retries: int = 0) -> None:
         if use_gpu:
             import socket
 
@@ -66,20 +80,62 @@ class ShardActor:
         self.producer = make_producer()
         self.pending = np.asarray(pending, dtype=np.int64)
         self.retries = int(retries)
-        self.publish = publish
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ..generate import produce_with_retries
+        from ..generate.shards import retry_shard, shard_label
 
-        shards, stats = [], []
+        shards, raws = [], []
+        sample = getattr(self.producer, "sample", None)
         for pos in np.asarray(batch["id"], dtype=np.int64):
             s = int(self.pending[pos])
-            data, st = produce_with_retries(self.producer, s, self.retries)
-            if self.publish is not None:
-                self.publish(data, st)            # the commit: one atomic write, in the task that made it
+            if sample is not None:
+                raw: dict[str, Any] = retry_shard(lambda: sample(s), s, shard_label(self.producer, s), self.retries)
+            else:
+                raw = {"shard": s, "done": produce_with_retries(self.producer, s, self.retries)}
+            shards.append(s)
+            raws.append(pickle.dumps(raw, protocol=5))
+        return {"shard": np.asarray(shards, np.int64), "raw": np.asarray(raws, dtype=object)}
+
+
+class ShardEncoder:
+    """Stage 2, on its own CPUs (``generate.encode_cpus``): raw shard -> keep decision, PNGs, tar (stats member
+    first) -> ``publish`` (one PUT, the commit), retried per shard; passes only slim stats on."""
+
+    def __init__(self, publish: Callable[[bytes, Any], Any] | None = None, retries: int = 0) -> None:
+        self.publish, self.retries = publish, int(retries)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ..generate.shards import encode_shard, retry_shard
+
+        shards, stats = [], []
+        for blob in batch["raw"]:
+            raw = pickle.loads(bytes(blob))
+            s = int(raw["shard"])
+
+            def once(raw=raw):
+                data, st = raw["done"] if "done" in raw else encode_shard(raw)
+                if self.publish is not None:
+                    self.publish(data, st)        # the commit: one atomic write, in the task that made it
+                return st
+
+            name = raw["done"][1].name if "done" in raw else raw["name"]
+            st = retry_shard(once, s, str(name), self.retries)
             shards.append(s)
             stats.append(json.dumps(st.slim().to_dict()))
         return {"shard": np.asarray(shards, np.int64), "stats": np.asarray(stats, dtype=object)}
+
+
+def check_cpus(cfg: Any, cluster: dict[str, float]) -> None:
+    """Up front: the samplers and one encoder fit the cluster's CPUs (else Ray would wait for them forever)."""
+    res = cfg.resources
+    need = max(1, int(res.num_workers)) * float(res.cpus_per_worker) + float(cfg.generate.encode_cpus)
+    have = float(cluster.get("CPU", 0))
+    if need > have + 1e-9:
+        raise RuntimeError(f"generate on Ray needs resources.num_workers x resources.cpus_per_worker + "
+                           f"generate.encode_cpus = {max(1, int(res.num_workers))} x {res.cpus_per_worker} + "
+                           f"{cfg.generate.encode_cpus} = {need:g} CPUs but the Ray cluster has {have:g}; lower "
+                           f"them or add nodes")
 
 
 def check_gpus(cfg: Any, cluster: dict[str, float]) -> None:
@@ -111,7 +167,9 @@ def map_shards(cfg: Any, make_producer, pending: Sequence[int], publish, on_done
     if not pending:
         return
     res = cfg.resources
-    check_gpus(cfg, ensure_ray(res))
+    cluster = ensure_ray(res)
+    check_gpus(cfg, cluster)
+    check_cpus(cfg, cluster)
     _configure(ray)
     pool: dict[str, Any] = {"size": max(1, int(res.num_workers))}
     if cfg.generate.max_in_flight:
@@ -126,10 +184,12 @@ def map_shards(cfg: Any, make_producer, pending: Sequence[int], publish, on_done
         # CPU, which a cluster filled with generator actors does not have: the pipeline would never start)
         ds = ray.data.from_items([{"id": i} for i in range(n)], override_num_blocks=n)
         ds = ds.map_batches(ShardActor, fn_constructor_kwargs={"make_producer": make_producer, "pending": window,
-                                                                "use_gpu": bool(res.use_gpu), "retries": retries,
-                                                                "publish": publish},
+                                                                "use_gpu": bool(res.use_gpu), "retries": retries},
                             batch_size=1, compute=ray.data.ActorPoolStrategy(**pool),
                             num_cpus=res.cpus_per_worker, num_gpus=1 if res.use_gpu else 0, zero_copy_batch=True)
+        ds = ds.map_batches(ShardEncoder, fn_constructor_kwargs={"publish": publish, "retries": retries},
+                            batch_size=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool["size"]),
+                            num_cpus=cfg.generate.encode_cpus, zero_copy_batch=True)
         try:
             for row in ds.iter_rows():
                 on_done(ShardStats.from_dict(json.loads(row["stats"])))
@@ -160,4 +220,5 @@ def map_verify(cfg: Any, check: Callable[[Any], dict], items: Sequence[Sequence[
         yield json.loads(row["result"])
 
 
-__all__ = ["map_shards", "map_verify", "ShardActor", "GpuMissingError", "check_gpus"]
+__all__ = ["map_shards", "map_verify", "ShardActor", "ShardEncoder", "GpuMissingError", "check_gpus",
+           "check_cpus"]

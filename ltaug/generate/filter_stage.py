@@ -5,6 +5,10 @@ classifier), ``distance`` (to the class centre in the baseline classifier's feat
 ``reason`` (why a row is dropped; empty when kept). It never drops rows itself: the writer records the
 dropped rows in the shard's stats, so every planned id is accounted for (kept in a shard, or dropped with
 a reason). Pure: no files, no logs.
+
+It splits in two for the Ray pipeline: :meth:`FilterStage.measure` (the classifier: features, distance to the
+class centre, category; in the sampler actor, on its device) and :func:`decide_keep` (the cheap keep / reason
+decision from the categories; in the CPU encode stage). ``FilterStage(spec)(batch)`` runs both.
 """
 from __future__ import annotations
 
@@ -52,6 +56,18 @@ class FilterStage:
                                          device=device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.measure(batch)
+        if "keep" not in out:
+            out.update(decide_keep(out["category"], self.spec.keep))
+        return out
+
+    def decision_keep(self) -> tuple[str, ...]:
+        """The categories :func:`decide_keep` keeps (``filter.keep``)."""
+        return tuple(self.spec.keep)
+
+    def measure(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Adds ``category`` and ``distance`` (the model part); without a classifier also ``keep`` / ``reason``
+        (everything kept: nothing is left to decide)."""
         n = len(batch["label"])
         out = dict(batch)
         if self.filter is None or n == 0:
@@ -61,14 +77,19 @@ class FilterStage:
             out["reason"] = np.array([""] * n, dtype=object)
             return out
         r = self.filter(out)
-        cats = np.array([CATEGORY_NAMES[int(c)] for c in r["category"]], dtype=object)
-        keep = np.asarray(r["keep"], bool)
-        out["category"] = cats
+        out["category"] = np.array([CATEGORY_NAMES[int(c)] for c in r["category"]], dtype=object)
         out["distance"] = np.asarray(r["distance"], np.float32)
-        out["keep"] = keep
-        out["reason"] = np.array(["" if k else f"{c} (filter.keep={'+'.join(self.spec.keep)})"
-                                  for k, c in zip(keep, cats)], dtype=object)
         return out
 
 
-__all__ = ["FilterStage", "FilterSpec", "CATEGORY_NAMES"]
+def decide_keep(categories, keep) -> dict[str, np.ndarray]:
+    """``{"keep", "reason"}`` of rows by category name: kept when the category is in ``keep`` (``filter.keep``;
+    what ``IdAidOodFilter``'s keep mask computes), else the reason names the category and the key."""
+    cats = np.asarray(categories, dtype=object)
+    keep = tuple(keep)
+    mask = np.array([str(c) in keep for c in cats], dtype=bool)
+    why = f"filter.keep={'+'.join(keep)}"
+    return {"keep": mask, "reason": np.array(["" if k else f"{c} ({why})" for k, c in zip(mask, cats)], dtype=object)}
+
+
+__all__ = ["FilterStage", "FilterSpec", "CATEGORY_NAMES", "decide_keep"]

@@ -2,9 +2,11 @@
 
 An output directory (local or s3://) holds the ``gen-<digest8>-<shard>.tar`` shards and nothing else a
 reader would open; the bookkeeping is in the hidden ``.ltaug/`` folder: ``plan.json`` (the plan and its
-digest), ``stats/<shard>.json`` per published shard and, once every shard is published, ``manifest.json``
-(per-class requested / generated / kept / dropped, class names, the shared settings). Outputs of earlier
-versions (``_plan.json``, ``_stats/``, ``manifest.json`` beside the tars) are read, resumed and verified. A directory belongs to one plan:
+digest) and, once every shard is published, ``manifest.json`` (per-class requested / generated / kept /
+dropped, class names, the shared settings); each shard's stats are its own first tar member
+(``__ltaug_stats__``, :func:`~ltaug.generate.shards.read_stats`). Outputs of earlier versions (stats in
+``.ltaug/stats/<shard>.json``; ``_plan.json``, ``_stats/``, ``manifest.json`` beside the tars) are read,
+resumed and verified. A directory belongs to one plan:
 resuming the same plan skips published shards; a different plan is refused with an error naming the
 existing digest. :func:`verify` checks an output against its plan: every planned id present exactly once
 (kept in a shard, or dropped with a reason), no duplicates, no foreign keys, every shard a valid tar
@@ -216,8 +218,9 @@ def shard_intact(output_uri: str, plan: GenerationPlan, shard: int) -> str:
 
 def check_published(output_uri: str, plan: GenerationPlan, shard: int,
                     size: int | None = None) -> tuple[str, ShardStats | None]:
-    """``(why, stats)``: the shard's stats load, its size (``size`` from the listing, else a stat) equals the
-    size its stats record, it starts with a valid tar header and ends with the end-of-archive marker.
+    """``(why, stats)``: the shard's stats load (its first member, or an earlier layout's stats file), its size
+    (``size`` from the listing, else a stat) equals the size its stats record, it starts with a valid tar
+    header and ends with the end-of-archive marker.
     ``why`` is "" when intact; the stats are returned so a resume reads them once."""
     import tarfile
 
@@ -226,7 +229,7 @@ def check_published(output_uri: str, plan: GenerationPlan, shard: int,
     try:
         st = read_stats(output_uri, name)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"stats missing or unreadable ({type(e).__name__})", None
+        return f"stats missing or unreadable ({type(e).__name__}: {e})", None
     fs, path = storage.get_fs(uri)
     try:
         if size is None:

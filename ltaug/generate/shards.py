@@ -7,18 +7,25 @@ built in memory in the plan's shard order (a seeded interleaving of the classes)
 metadata (mtime 0), so the same plan shard gives byte-identical tars on every run and every machine.
 A shard is published with one atomic write (temp file + rename locally; one PUT on S3): a reader sees the
 whole shard or nothing. Its stats (per-class requested / generated / kept / dropped, dropped keys with
-their reason) are written *before* the tar, so a published tar always has its stats.
+their reason and previews) are the tar's FIRST member, :data:`STATS_MEMBER` (``__ltaug_stats__``), so a
+published tar always has its stats and a shard costs one PUT (S3 user metadata, 2 KB, is too small for
+dropped keys and previews). WebDataset readers skip that member (its name matches webdataset's
+``skip_meta``; see :data:`STATS_MEMBER`); :func:`read_stats` reads it with two ranged reads.
 
 Layout of an output folder: only ``*.tar`` shards at the top, so any WebDataset reader opens it as it is
 (``webdataset.WebDataset(tars)``, ``ray.data.read_webdataset(dir)``, Hugging Face
 ``load_dataset("webdataset", data_dir=dir)``); ltaug's bookkeeping sits in the hidden folder
-``.ltaug/`` (``plan.json``, ``manifest.json``, ``stats/<shard>.json``), which every one of those readers
+``.ltaug/`` (``plan.json``, ``manifest.json``), which every one of those readers
 skips (Ray Data's file listing drops relative paths starting with ``.`` or ``_``; ``datasets`` drops hidden
-files and folders). Outputs of earlier versions (``_plan.json``, ``manifest.json`` and ``_stats/`` beside
-the tars) are still read, resumed and verified; new files always go to ``.ltaug/``.
+files and folders). Outputs of earlier versions (stats in ``.ltaug/stats/<shard>.json``; or ``_plan.json``,
+``manifest.json`` and ``_stats/`` beside the tars) are still read, resumed and verified; new files always go
+to ``.ltaug/`` and new stats into the tar.
 
-:class:`ShardProducer` is the per-shard unit of work (generate -> filter -> encode); the local job runs it
-in a for-loop, the Ray pipeline in an actor pool. It never writes: :func:`publish_shard` does.
+:class:`ShardProducer` is the per-shard unit of work in two parts: :meth:`ShardProducer.sample` (generate
+and the filter's model part -> a :data:`RawShard` of uint8 arrays) and :func:`encode_shard` (the filter's
+keep decision, PNG encoding, the tar with its stats first). The local job runs both in a for-loop; the Ray
+pipeline runs ``sample`` in the sampler actors and ``encode_shard`` + publish in a CPU stage that overlaps
+them. Neither writes: :func:`publish_shard` does.
 """
 from __future__ import annotations
 
@@ -41,6 +48,14 @@ MANIFEST_FILE = f"{META_DIR}/manifest.json"
 LEGACY_STATS_DIR = "_stats"         # layout of earlier versions, read (never written)
 LEGACY_PLAN_FILE = "_plan.json"
 LEGACY_MANIFEST_FILE = "manifest.json"
+# The stats member, first in every tar written since one-PUT shards. WebDataset's reader skips it: webdataset
+# 1.x tariterators.tar_file_iterator, ``skip_meta=r"__[^/]*__($|/)"`` and the check just above it
+# (``"/" not in fname and fname.startswith("__") and fname.endswith("__")``: "skipping metadata for now");
+# Ray Data's and Hugging Face's readers drop it as a name without an extension (no sample key), and so does
+# ltaug.data.shards.iter_samples, which skips it explicitly.
+STATS_MEMBER = "__ltaug_stats__"
+MAX_STATS_BYTES = 64 << 20
+TAR_BLOCK = 512
 PREVIEW_PER_CLASS = 4  # dropped images kept per class and shard (base64 PNG in its stats) for the generate grid
 SAMPLE_KEYS = ("class", "index", "id", "seed", "category", "distance", "minority_score")  # of <key>.json
 
@@ -72,26 +87,55 @@ def sample_meta(row: dict[str, Any], settings: dict[str, Any] | None = None, pla
     return meta
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _member(name: str, data: bytes) -> bytes:
+    """One ustar member: header (mtime 0, fixed owner) + data padded to 512 bytes (what ``tarfile`` writes)."""
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), 0, 0o644
     info.uname = info.gname = "ltaug"
-    tar.addfile(info, io.BytesIO(data))
+    return info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape") + data + b"\0" * (-len(data) % TAR_BLOCK)
 
 
-def build_tar(samples: list[tuple[str, dict[str, bytes]]], sort: bool = True) -> bytes:
+def _close(body: bytes) -> bytes:
+    """End-of-archive (two zero blocks), then zeros up to a whole record, as ``tarfile.close`` does."""
+    n = len(body) + 2 * TAR_BLOCK
+    return body + b"\0" * (2 * TAR_BLOCK + (-n % tarfile.RECORDSIZE))
+
+
+def build_tar(samples: list[tuple[str, dict[str, bytes]]], sort: bool = True,
+              stats: "ShardStats | None" = None) -> bytes:
     """``[(key, {ext: bytes})]`` -> tar bytes, samples in key order (``sort``) or as given, members of a sample
-    contiguous and in extension order. Keys must be unique (WebDataset readers group members by key)."""
+    contiguous and in extension order. Keys must be unique (WebDataset readers group members by key).
+
+    With ``stats`` the tar starts with the :data:`STATS_MEMBER` (``stats.bytes`` is set to the tar's final
+    size, which the member records: a fixed point, reached in a step or two)."""
     if len({k for k, _ in samples}) != len(samples):
         raise ValueError("build_tar: repeated sample key")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in (sorted(samples, key=lambda kv: kv[0]) if sort else samples):
-            if "." in key.rsplit("/", 1)[-1]:
-                raise ValueError(f"sample key {key!r} contains a dot (WebDataset splits keys at the first dot)")
-            for ext in sorted(members):
-                _add(tar, f"{key}.{ext}", members[ext])
-    return buf.getvalue()
+    parts = []
+    for key, members in (sorted(samples, key=lambda kv: kv[0]) if sort else samples):
+        if "." in key.rsplit("/", 1)[-1]:
+            raise ValueError(f"sample key {key!r} contains a dot (WebDataset splits keys at the first dot)")
+        if key == STATS_MEMBER:
+            raise ValueError(f"sample key {key!r} is reserved for the shard's stats")
+        for ext in sorted(members):
+            parts.append(_member(f"{key}.{ext}", members[ext]))
+    body = b"".join(parts)
+    if stats is None:
+        return _close(body)
+    size = 0
+    while True:                     # the size grows with its own digits only: non-decreasing, bounded
+        stats.bytes = size
+        data = _close(_member(STATS_MEMBER, stats_json(stats)) + body)
+        if len(data) == size:
+            return data
+        size = len(data)
+
+
+def stats_json(stats: "ShardStats") -> bytes:
+    """The stats member's bytes: deterministic (no wall-clock ``seconds``), so a shard stays a pure function
+    of its plan shard and a re-run writes the same bytes."""
+    d = stats.to_dict()
+    d.pop("seconds", None)
+    return json.dumps(d, sort_keys=True).encode()
 
 
 @dataclass
@@ -116,7 +160,7 @@ class ShardStats:
 
     def slim(self) -> "ShardStats":
         """The counts only (no per-key lists, no previews): what the driver keeps per shard, so its memory stays
-        flat in the number of shards; the full stats stay in ``.ltaug/stats/``."""
+        flat in the number of shards; the full stats stay in the shard's stats member."""
         return ShardStats(self.shard, self.name, self.plan, dict(self.requested), dict(self.generated),
                           dict(self.kept), dict(self.dropped), dict(self.categories), bytes=self.bytes,
                           seconds=self.seconds)
@@ -141,13 +185,20 @@ def _count(labels: np.ndarray) -> dict[int, int]:
 
 
 Stage = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+# What the sampler hands the encoder for one shard (picklable; crosses the Ray object store): ``shard``,
+# ``name``, ``plan`` (digest), ``sort`` (bool), ``requested`` ({class: n}), ``seconds`` (sampling time),
+# ``decide`` (filter.keep when the filter's keep decision is still to be made, else None) and ``rows``:
+# column -> array over the shard's rows (``image`` uint8 [N,H,W,C], ``label``, ``key``, ``id``, ``index``,
+# ``seed``, optional ``minority_score``, ``category``, ``distance``, and ``keep`` / ``reason`` when decided).
+RawShard = dict[str, Any]
 
 
 class ShardProducer:
     """``producer(shard) -> (tar bytes, ShardStats)``: rows of the shard -> generator -> filter -> samples.
 
     ``generator`` and ``filter`` are batch-dict stages (ImageGenerator, FilterStage or test doubles);
-    rows go through them in chunks of ``batch_size``, which never changes any image.
+    rows go through them in chunks of ``batch_size``, which never changes any image. The work splits in
+    :meth:`sample` (the model work) and :func:`encode_shard` (CPU only); ``__call__`` runs both.
     """
 
     def __init__(self, plan: GenerationPlan, generator: Stage, filter: Stage | None, batch_size: int,
@@ -157,75 +208,143 @@ class ShardProducer:
         self.settings = dict(settings if settings is not None else plan.settings)
 
     def __call__(self, shard: int) -> tuple[bytes, ShardStats]:
+        return encode_shard(self.sample(shard))
+
+    def sample(self, shard: int) -> RawShard:
+        """Generate the shard's rows and run the filter's model part (``filter.measure`` when it has one, else
+        the whole filter); no PNG, no tar."""
         import time
 
         t0 = time.perf_counter()
         ids = self.plan.shard_ids(shard)
-        stats = ShardStats(shard, self.plan.shard_name(shard), self.plan.digest)
-        samples: list[tuple[str, dict[str, bytes]]] = []
+        flt = self.filter
+        measure = getattr(flt, "measure", None)
+        requested: dict[int, int] = {}
+        chunks: list[dict[str, np.ndarray]] = []
         for a in range(0, len(ids), self.batch_size):
             rows = self.plan.rows(ids[a:a + self.batch_size])
-            out = self.generator(rows)
-            if self.filter is not None:
-                out = self.filter(out)
-            n = len(out["label"])
-            keep = np.asarray(out.get("keep", np.ones(n, bool)), bool)
             for c, k in _count(rows["label"]).items():
-                stats.requested[c] = stats.requested.get(c, 0) + k
-            for c, k in _count(out["label"]).items():
-                stats.generated[c] = stats.generated.get(c, 0) + k
-            for c, k in _count(out["label"][keep]).items():
-                stats.kept[c] = stats.kept.get(c, 0) + k
-            for c, k in _count(out["label"][~keep]).items():
-                stats.dropped[c] = stats.dropped.get(c, 0) + k
-            cats = out.get("category", np.array(["none"] * n, dtype=object))
-            for cat in cats:
-                stats.categories[str(cat)] = stats.categories.get(str(cat), 0) + 1
-            reasons = out.get("reason", np.array([""] * n, dtype=object))
-            for i in range(n):
-                row = {k: v[i] for k, v in out.items() if k != "image" and hasattr(v, "__len__") and len(v) == n}
-                if not keep[i]:
-                    key, c = str(out["key"][i]), int(out["label"][i])
-                    stats.dropped_keys[key] = str(reasons[i]) or "dropped"
-                    dist = float(row.get("distance", float("nan")))
-                    stats.dropped_rows[key] = [c, str(cats[i]), round(dist, 6) if np.isfinite(dist) else None]
-                    shown = sum(1 for k in stats.dropped_preview if stats.dropped_rows[k][0] == c)
-                    if shown < PREVIEW_PER_CLASS:
-                        stats.dropped_preview[key] = base64.b64encode(encode_png(out["image"][i])).decode()
-                    continue
-                meta = sample_meta(row, self.settings, self.plan.digest)
-                samples.append((str(out["key"][i]), {"png": encode_png(out["image"][i]),
-                                                     "cls": str(int(out["label"][i])).encode(),
-                                                     "json": json.dumps(meta, sort_keys=True).encode()}))
-        data = build_tar(samples, sort=self.plan.order == "class")   # old plans: key order, as before
-        stats.bytes = len(data)
-        stats.seconds = round(time.perf_counter() - t0, 4)
-        return data, stats
+                requested[c] = requested.get(c, 0) + k
+            out = self.generator(rows)
+            if flt is not None:
+                out = measure(out) if measure is not None else flt(out)
+            n = len(out["label"])
+            chunks.append({k: np.asarray(v) for k, v in out.items()
+                           if hasattr(v, "__len__") and not isinstance(v, (str, bytes)) and len(v) == n})
+        cols = set.intersection(*(set(c) for c in chunks)) if chunks else set()
+        rows_all = {k: np.concatenate([c[k] for c in chunks]) for k in sorted(cols)}
+        decide = None
+        if measure is not None and "keep" not in rows_all:
+            decide = tuple(flt.decision_keep())
+        return {"shard": int(shard), "name": self.plan.shard_name(shard), "plan": self.plan.digest,
+                "sort": self.plan.order == "class", "requested": requested, "decide": decide, "rows": rows_all,
+                "seconds": time.perf_counter() - t0}
+
+
+def encode_shard(raw: RawShard) -> tuple[bytes, ShardStats]:
+    """A :data:`RawShard` -> ``(tar bytes, ShardStats)``: the filter's keep decision (when still to make), the
+    per-class counts, the dropped rows and previews, PNG encoding and the tar with its stats member first.
+    CPU only and pure: the same raw shard gives the same bytes."""
+    import time
+
+    from .filter_stage import decide_keep
+
+    t0 = time.perf_counter()
+    out = dict(raw["rows"])
+    stats = ShardStats(int(raw["shard"]), str(raw["name"]), str(raw["plan"]))
+    stats.requested = {int(c): int(k) for c, k in raw["requested"].items()}
+    n = len(out.get("label", ()))
+    if n and raw.get("decide") is not None:
+        out.update(decide_keep(out["category"], raw["decide"]))
+    labels = np.asarray(out.get("label", np.zeros(0, np.int64)), np.int64)
+    keep = np.asarray(out.get("keep", np.ones(n, bool)), bool)
+    stats.generated, stats.kept, stats.dropped = _count(labels), _count(labels[keep]), _count(labels[~keep])
+    cats = out.get("category", np.array(["none"] * n, dtype=object))
+    for cat in cats:
+        stats.categories[str(cat)] = stats.categories.get(str(cat), 0) + 1
+    reasons = out.get("reason", np.array([""] * n, dtype=object))
+    samples: list[tuple[str, dict[str, bytes]]] = []
+    for i in range(n):
+        row = {k: v[i] for k, v in out.items() if k != "image"}
+        key, c = str(out["key"][i]), int(labels[i])
+        if not keep[i]:
+            stats.dropped_keys[key] = str(reasons[i]) or "dropped"
+            dist = float(row.get("distance", float("nan")))
+            stats.dropped_rows[key] = [c, str(cats[i]), round(dist, 6) if np.isfinite(dist) else None]
+            shown = sum(1 for k in stats.dropped_preview if stats.dropped_rows[k][0] == c)
+            if shown < PREVIEW_PER_CLASS:
+                stats.dropped_preview[key] = base64.b64encode(encode_png(out["image"][i])).decode()
+            continue
+        meta = sample_meta(row)
+        samples.append((key, {"png": encode_png(out["image"][i]), "cls": str(c).encode(),
+                              "json": json.dumps(meta, sort_keys=True).encode()}))
+    data = build_tar(samples, sort=bool(raw["sort"]), stats=stats)     # old plans: key order, as before
+    stats.seconds = round(float(raw.get("seconds", 0.0)) + time.perf_counter() - t0, 4)
+    return data, stats
+
+
+class StatsMissingError(ValueError):
+    """A shard without readable stats (a hand-made or foreign tar, or a damaged one): named, never a crash."""
 
 
 def stats_uri(output_uri: str, name: str, legacy: bool = False) -> str:
+    """Where earlier versions kept a shard's stats (``.ltaug/stats/``, or ``_stats/``): read, never written."""
     return storage.join(output_uri, LEGACY_STATS_DIR if legacy else STATS_DIR, name.replace(".tar", ".json"))
 
 
+def _stats_header(head: bytes, where: str) -> tarfile.TarInfo | None:
+    """The first member's header when it is the stats member, else None; a header that does not parse is a
+    :class:`StatsMissingError` naming ``where``."""
+    if len(head) < TAR_BLOCK:
+        raise StatsMissingError(f"{where}: {len(head)} bytes, too short for a tar with its stats member")
+    try:
+        info = tarfile.TarInfo.frombuf(head[:TAR_BLOCK], tarfile.ENCODING, "surrogateescape")
+    except tarfile.TarError as e:
+        raise StatsMissingError(f"{where}: not a tar (first header unreadable: {e})") from None
+    return info if info.name == STATS_MEMBER and info.isfile() else None
+
+
 def publish_shard(output_uri: str, data: bytes, stats: ShardStats) -> str:
-    """Write the shard's stats, then the tar (the tar's appearance is the shard's commit)."""
-    storage.write_bytes(stats_uri(output_uri, stats.name), json.dumps(stats.to_dict(), sort_keys=True).encode())
+    """Write the shard's tar, its stats member first: one atomic write, one PUT (its appearance is the
+    shard's commit). A tar without the stats member is refused (a resume could not account for it)."""
     uri = storage.join(output_uri, stats.name)
+    if _stats_header(data[:TAR_BLOCK], uri) is None:
+        raise StatsMissingError(f"{uri}: refusing to publish a shard whose first member is not {STATS_MEMBER} "
+                                f"(build it with build_tar(..., stats=...))")
     storage.write_bytes(uri, data)
     return uri
 
 
 def read_stats(output_uri: str, name: str) -> ShardStats:
-    """The stats of a published shard (``.ltaug/stats/``, else the earlier layout's ``_stats/``): one read."""
-    uri = stats_uri(output_uri, name)
+    """The stats of a published shard: its first tar member (the 512-byte header, then exactly the member's
+    bytes: two ranged reads); for outputs of earlier versions ``.ltaug/stats/<shard>.json``, else
+    ``_stats/<shard>.json``. :class:`StatsMissingError` naming the shard when it has none of them (a
+    hand-made tar); ``FileNotFoundError`` when the shard itself is absent."""
+    uri = storage.join(output_uri, name)
+    info = _stats_header(storage.read_range(uri, 0, TAR_BLOCK), uri)
+    if info is not None:
+        if info.size > MAX_STATS_BYTES:
+            raise StatsMissingError(f"{uri}: stats member of {info.size} bytes, more than {MAX_STATS_BYTES}")
+        data = storage.read_range(uri, TAR_BLOCK, TAR_BLOCK + info.size)
+        if len(data) != info.size:
+            raise StatsMissingError(f"{uri}: stats member truncated ({len(data)} of {info.size} bytes)")
+        where = f"{uri} member {STATS_MEMBER}"
+    else:
+        for legacy in (False, True):
+            where = stats_uri(output_uri, name, legacy)
+            try:
+                data = storage.read_bytes(where, max_bytes=MAX_STATS_BYTES)
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise StatsMissingError(f"{uri}: first tar member is not {STATS_MEMBER} and there is no "
+                                    f"{stats_uri(output_uri, name)} (earlier layout) either: not a shard "
+                                    f"written by ltaug generate (hand-made or foreign tar?)")
     try:
-        data = storage.read_bytes(uri, max_bytes=64 << 20)
-    except FileNotFoundError:
-        legacy = stats_uri(output_uri, name, legacy=True)
-        if not storage.exists(legacy):
-            raise
-        uri, data = legacy, storage.read_bytes(legacy, max_bytes=64 << 20)
-    return ShardStats.from_dict(storage.load_json(data, uri))
+        return ShardStats.from_dict(storage.load_json(data, where))
+    except (TypeError, AttributeError) as e:
+        raise StatsMissingError(f"{where}: unreadable shard stats ({type(e).__name__}: {e})") from None
 
 
 # ------------------------------------------------------------------ retries and shard sizing
@@ -235,23 +354,28 @@ class ShardFailedError(RuntimeError):
     """A shard's producer kept raising: the job fails naming the shard (nothing of it was published)."""
 
 
-def produce_with_retries(producer: Callable[[int], tuple[bytes, ShardStats]], shard: int,
-                         retries: int) -> tuple[bytes, ShardStats]:
-    """``producer(shard)``, tried again up to ``retries`` times when it raises (a transient fault: a storage
-    hiccup, a CUDA launch failure); then :class:`ShardFailedError` naming the shard and the last error. A
-    shard is a pure function of the plan, so a retry makes the same bytes."""
-    plan = getattr(producer, "plan", None)
-    name = plan.shard_name(shard) if plan is not None else f"shard {shard}"
+def retry_shard(fn: Callable[[], Any], shard: int, name: str, retries: int) -> Any:
+    """``fn()``, tried again up to ``retries`` times when it raises (a transient fault: a storage hiccup, a
+    CUDA launch failure); then :class:`ShardFailedError` naming the shard and the last error."""
     for attempt in range(retries + 1):
         try:
-            return producer(shard)
-        except Exception as e:  # noqa: BLE001 - any application error of the producer is retried, then named
+            return fn()
+        except Exception as e:  # noqa: BLE001 - any application error is retried, then named
             last = e
     raise ShardFailedError(f"generate: shard {shard} ({name}) failed {retries + 1} time(s) "
                            f"(generate.max_shard_retries={retries}); last error: {type(last).__name__}: {last}")
 
 
-TAR_BLOCK = 512
+def shard_label(producer: Any, shard: int) -> str:
+    plan = getattr(producer, "plan", None)
+    return plan.shard_name(shard) if plan is not None else f"shard {shard}"
+
+
+def produce_with_retries(producer: Callable[[int], tuple[bytes, ShardStats]], shard: int,
+                         retries: int) -> tuple[bytes, ShardStats]:
+    """``producer(shard)`` under :func:`retry_shard`. A shard is a pure function of the plan, so a retry makes
+    the same bytes."""
+    return retry_shard(lambda: producer(shard), shard, shard_label(producer, shard), retries)
 
 
 def estimate_sample_bytes(image_size: int, channels: int) -> int:
@@ -274,7 +398,8 @@ def samples_per_shard(target_mb: float, image_size: int, channels: int) -> int:
     return max(1, int(target_mb * (1 << 20)) // estimate_sample_bytes(image_size, channels))
 
 
-__all__ = ["ShardProducer", "ShardStats", "build_tar", "encode_png", "sample_meta", "publish_shard",
+__all__ = ["ShardProducer", "ShardStats", "RawShard", "encode_shard", "StatsMissingError", "STATS_MEMBER",
+           "retry_shard", "shard_label", "stats_json", "build_tar", "encode_png", "sample_meta", "publish_shard",
            "read_stats", "stats_uri", "ShardFailedError", "produce_with_retries", "estimate_sample_bytes",
            "samples_per_shard", "META_DIR", "STATS_DIR", "PLAN_FILE", "MANIFEST_FILE", "LEGACY_STATS_DIR",
            "LEGACY_PLAN_FILE", "LEGACY_MANIFEST_FILE", "SAMPLE_KEYS"]

@@ -1,7 +1,8 @@
 """Stage: generate synthetic images for the under-represented classes into WebDataset shards.
 
-plan -> (per worker: ImageGenerator -> FilterStage -> tar bytes) -> atomic shard publish -> manifest. The
-launcher decides where producers run (a for-loop, or a Ray Data actor pool); the shard is the unit of
+plan -> (per worker: ImageGenerator -> FilterStage -> tar bytes, the shard's stats as its first member) ->
+atomic shard publish (one write) -> manifest. The launcher decides where producers run (here in a for-loop,
+sample then encode; on Ray a sampler actor pool feeding a CPU encode + publish stage); the shard is the unit of
 work, retry and commit, so a killed run loses at most the shards in flight and a re-run (same plan, same
 output) skips published shards and regenerates the rest bit-identically (per-row seeds).
 """

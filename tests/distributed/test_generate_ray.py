@@ -61,6 +61,14 @@ def test_generation_to_s3_read_back_and_resume(ray_local, s3, tmp_path, capsys):
     assert all(j["class"] == c and sorted(j) == sorted(SAMPLE_KEYS) for _, _, c, j in samples)   # lean per sample
     assert man["settings"]["generator"] and man["class_names"] == [str(c) for c in range(4)]      # shared, once
     assert len({k for k, *_ in samples}) == len(samples)
+    # one PUT per shard: the stats are each tar's first member (skipped by both readers), no stats objects
+    import tarfile
+
+    from ltaug.generate.shards import STATS_MEMBER
+
+    assert not fs.exists(storage.strip_scheme(f"{out}/.ltaug/stats"))
+    head = storage.read_range(urls[0], 0, 512)
+    assert tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape").name == STATS_MEMBER
 
     # Ray Data's own reader
     ds = ray.data.read_webdataset(urls, filesystem=fs)
@@ -79,32 +87,38 @@ def test_generation_to_s3_read_back_and_resume(ray_local, s3, tmp_path, capsys):
 
 
 def _flaky_setup(setup, mode: str):
-    """``setup`` whose producer raises for shard 1: once (``transient``) or every time (``always``). The class
-    is made here so cloudpickle ships it by value to the actors."""
+    """``setup`` whose producer's sampling (stage 1 of the Ray pipeline) raises for shard 1: once
+    (``transient``) or every time (``always``). The classes are made here so cloudpickle ships them by value
+    to the actors."""
     from dataclasses import dataclass
 
     from ltaug.stages.generate import GenerationSetup
 
+    class FlakySampler:
+        def __init__(self, inner):
+            self.inner, self.plan, self.calls = inner, inner.plan, {}
+
+        def sample(self, s):
+            self.calls[s] = self.calls.get(s, 0) + 1
+            if s == 1 and (mode == "always" or self.calls[s] == 1):
+                raise OSError(f"injected fault #{self.calls[s]}")
+            return self.inner.sample(s)
+
+        def __call__(self, s):
+            raise AssertionError("the Ray pipeline samples and encodes in separate stages")
+
     @dataclass(frozen=True)
     class Flaky(GenerationSetup):
         def producer(self):
-            inner = GenerationSetup.producer(self)
-            calls = {}
-
-            def produce(s):
-                calls[s] = calls.get(s, 0) + 1
-                if s == 1 and (mode == "always" or calls[s] == 1):
-                    raise OSError(f"injected fault #{calls[s]}")
-                return inner(s)
-            produce.plan = inner.plan
-            return produce
+            return FlakySampler(GenerationSetup.producer(self))
 
     return Flaky(**{k: getattr(setup, k) for k in GenerationSetup.__dataclass_fields__})
 
 
 def test_ray_shard_retries_gpu_check_and_parallel_verify(ray_local, tmp_path, monkeypatch):
-    """One shard per task, in windows of executions; a producer error is retried in the actor (published once),
-    a permanent one fails the job naming the shard; use_gpu on a CPU cluster is refused up front; verify runs
+    """One shard per task, in windows of executions; a sampling error is retried in the sampler actor (published
+    once), a permanent one fails the job naming the shard, and so does one in the encode + publish stage; the
+    samplers and an encoder must fit the cluster's CPUs; use_gpu on a CPU cluster is refused up front; verify runs
     as Ray Data tasks."""
     from ltaug.distributed import shards as ray_shards
     from ltaug.config import load_config, with_values
@@ -139,6 +153,29 @@ def test_ray_shard_retries_gpu_check_and_parallel_verify(ray_local, tmp_path, mo
                                            r"\(generate\.max_shard_retries=2\); last error: OSError: injected fault #3"):
         run_generation(_flaky_setup(setup_b, "always"), RayLauncher(cfg_b), log=lambda m: None)
     assert not list(bad.glob("*-000001.tar")) and not (bad / ".ltaug" / "manifest.json").exists()
+
+    # stage 2 (encode + publish, in its own actors) retries a shard too, then fails naming it: nothing published
+    from ltaug.generate import publish_shard
+
+    enc = tmp_path / "enc"
+    calls: dict[int, int] = {}
+
+    def flaky_publish(data, st):              # runs in the encoder actor: its retries count in its copy
+        calls[st.shard] = calls.get(st.shard, 0) + 1
+        if st.shard == 1:
+            raise OSError(f"injected publish fault #{calls[st.shard]}")
+        return publish_shard(str(enc), data, st)
+
+    with pytest.raises(RuntimeError, match=r"^generate: shard 1 \(gen-\w+-000001\.tar\) failed 3 time\(s\) "
+                                           r"\(generate\.max_shard_retries=2\); last error: OSError: injected "
+                                           r"publish fault #3"):
+        RayLauncher(cfg).map_shards(setup.producer, [1], flaky_publish, lambda st: None, retries=2)
+    assert not list(enc.glob("*-000001.tar"))
+    # the samplers and one encoder must fit the cluster's CPUs (else Ray would wait forever)
+    with pytest.raises(RuntimeError, match=r"resources\.num_workers x resources\.cpus_per_worker \+ "
+                                           r"generate\.encode_cpus = 1 x 2\.0 \+ 1\.0 = 3 CPUs but the Ray cluster has 2"):
+        RayLauncher(with_values(cfg, {"resources.cpus_per_worker": 2.0})).map_shards(
+            setup.producer, [0], lambda d, s: None, lambda s: None)
 
     gpu = with_values(cfg, {"resources.use_gpu": True})
     with pytest.raises(GpuMissingError, match=r"resources\.use_gpu=true but the Ray cluster has no GPU"):

@@ -60,3 +60,30 @@ def gen_overrides(ckpt: str, out: str, run_dir: str, *extra: str) -> list[str]:
 def ensure_dir(p: str) -> str:
     os.makedirs(p, exist_ok=True)
     return p
+
+
+def to_legacy_layout(out, stats_dir: str = ".ltaug/stats") -> None:
+    """Rewrite a local generation output into an earlier version's layout: each tar without its stats member,
+    its stats (``bytes`` = the new size) in ``<out>/<stats_dir>/<shard>.json``."""
+    import io
+    import json
+    import tarfile
+    from pathlib import Path
+
+    from ltaug.generate.shards import STATS_MEMBER
+
+    for p in sorted(Path(out).glob("*.tar")):
+        with tarfile.open(p) as t:
+            members = t.getmembers()
+            assert members[0].name == STATS_MEMBER
+            stats = json.loads(t.extractfile(members[0]).read())
+            rest = [(m, t.extractfile(m).read()) for m in members[1:]]
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+            for m, data in rest:
+                t.addfile(m, io.BytesIO(data))
+        p.write_bytes(buf.getvalue())
+        stats["bytes"] = len(buf.getvalue())
+        d = Path(out, stats_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / p.name.replace(".tar", ".json")).write_text(json.dumps(stats))

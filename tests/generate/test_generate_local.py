@@ -49,7 +49,10 @@ def test_generate_job_filter_resume_and_verify(ckpts, tmp_path, capsys):
     tars = sorted(Path(out).glob("*.tar"))
     first = {p.name: p.read_bytes() for p in tars}
     # dropped samples are recorded with their reason, never written
-    stats = [json.loads(p.read_text()) for p in Path(out, ".ltaug", "stats").glob("*.json")]
+    from ltaug.generate.shards import read_stats
+
+    assert not Path(out, ".ltaug", "stats").exists()                      # stats live in the tars now
+    stats = [read_stats(out, p.name).to_dict() for p in tars]
     reasons = [r for st in stats for r in st["dropped_keys"].values()]
     assert len(reasons) == s1["dropped"] and all(r.startswith("ood") for r in reasons)
     # ... with their class, category and distance (what the ID/AID/OOD plot draws), and a few previews per class
@@ -98,7 +101,7 @@ def test_verify_detects_gaps_duplicates_and_corruption(ckpts, tmp_path, capsys):
     tars = sorted(out.glob("*.tar"))
     # duplicate: shard 1 also carries a sample of shard 0
     with tarfile.open(tars[0]) as t0:
-        first = t0.getmembers()[0].name.split(".")[0]
+        first = t0.getmembers()[1].name.split(".")[0]             # [0] is the shard's stats member
         m = [x for x in t0.getmembers() if x.name.startswith(first + ".")]
         payload = [(x, t0.extractfile(x).read()) for x in m]
     import io
@@ -106,7 +109,7 @@ def test_verify_detects_gaps_duplicates_and_corruption(ckpts, tmp_path, capsys):
         members = [(x, t1.extractfile(x).read()) for x in t1.getmembers()]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as t:
-        for x, data in payload + members:
+        for x, data in members + payload:                         # its stats member stays first
             t.addfile(x, io.BytesIO(data))
     tars[1].write_bytes(buf.getvalue())
     rep = verify(str(out))

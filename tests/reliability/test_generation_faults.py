@@ -209,7 +209,7 @@ def test_verify_flags_truncated_duplicated_and_unsafe_shards(ckpts, tmp_path):
 
     # a second copy of a sample (what a second, uncoordinated writer would leave)
     with tarfile.open(tars[2]) as t:
-        key = t.getnames()[0].split(".", 1)[0]
+        key = t.getnames()[1].split(".", 1)[0]              # [0] is the shard's stats member
         extra = {m.name: t.extractfile(m).read() for m in t.getmembers() if m.name.startswith(key + ".")}
     buf = io.BytesIO(orig[tars[1]])
     with tarfile.open(fileobj=buf, mode="a") as t:

@@ -105,13 +105,14 @@ def test_shard_publish_retries_transient_errors_and_counts_them(s3, monkeypatch)
         return fs, path
 
     monkeypatch.setattr(storage, "get_fs", get_fs)
-    data = build_tar([("c000-i000000", {"cls": b"0", "json": b"{}", "png": b"x"})])
+    st0 = ShardStats(0, "gen-00000000-000000.tar", "00000000")
+    data = build_tar([("c000-i000000", {"cls": b"0", "json": b"{}", "png": b"x"})], stats=st0)
     before = storage.retry_counter["retries"]
     t0 = time.perf_counter()
-    uri = publish_shard(f"{s3}/gen", data, ShardStats(0, "gen-00000000-000000.tar", "00000000"))
+    uri = publish_shard(f"{s3}/gen", data, st0)
     assert storage.retry_counter["retries"] - before == 3                 # counted
     assert time.perf_counter() - t0 >= 0.01 + 0.02 + 0.04                 # exponential back-off
-    assert [p.rsplit("/", 1)[-1] for p in flaky["fs"].puts] == ["gen-00000000-000000.json", "gen-00000000-000000.tar"]
+    assert [p.rsplit("/", 1)[-1] for p in flaky["fs"].puts] == ["gen-00000000-000000.tar"]   # one PUT, stats inside
     monkeypatch.setattr(storage, "get_fs", real)
     assert storage.read_bytes(uri) == data and [s["__key__"] for s in iter_samples(uri)] == ["c000-i000000"]
 
