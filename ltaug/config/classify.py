@@ -103,6 +103,8 @@ class EvalConfig:
                                           "class-uniform samples per class")
     min_real_per_class: int = F(20, ge=2, help="per-class reference: the class's training images, topped up with its "
                                                "validation images when it has fewer than this")
+    evalnet_seed: int = F(0, ge=0, help="evalnet: its training seed, independent of the run's seed, so every seed of a "
+                                        "multi-seed study is measured in the same feature space (and it trains once)")
     evalnet_steps: int = F(500, ge=1, help="evalnet: training steps (architecture and optimiser from classifier.*; "
                                            "class-balanced sampling)")
     cas_steps: int = F(300, ge=0, help="CAS: steps of the classifier trained on the samples only, tested on the real "

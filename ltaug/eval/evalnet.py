@@ -6,7 +6,8 @@ It takes no part in diffusion training, generation or ID/AID/OOD filtering; it g
 space (``eval.features=evalnet``) and ``class_consistency`` (its top-1 on the samples' conditioning labels).
 Cache: ``<data cache root>/evalnet/<source>-<digest>/`` with ``ckpt-*.pt`` and ``evalnet.json`` (written last,
 the commit marker). The digest covers the source and every data setting (the full-train artifact's digest),
-the evalnet's classifier settings and the seed.
+the evalnet's classifier settings and ``eval.evalnet_seed`` (not the run's seed: every seed of a multi-seed
+study shares one evaluation feature space).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def evalnet_classifier_config(cfg: Any) -> Any:
 def evalnet_digest(cfg: Any) -> str:
     c = {k: v for k, v in asdict(evalnet_classifier_config(cfg)).items() if k not in NON_WEIGHT_KEYS}
     text = json.dumps({"data": dataset_digest(full_train_config(cfg.data)), "source": cfg.data.source,
-                       "classifier": c, "seed": int(cfg.seed)}, sort_keys=True, default=str)
+                       "classifier": c, "seed": int(cfg.eval.evalnet_seed)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -74,7 +75,7 @@ def load_or_train_evalnet(cfg: Any, cache_root: str, device: torch.device | str 
         log(f"[evalnet] training the evaluation network on all {len(full.train)} training images of "
             f"{cfg.data.source} ({cfg.eval.evalnet_steps} steps, class-balanced); cached in {d}")
     ccfg = evalnet_classifier_config(cfg)
-    seeded = replace(cfg, classifier=ccfg)
+    seeded = replace(cfg, classifier=ccfg, seed=int(cfg.eval.evalnet_seed))
     res = train_classifier(seeded, full, LocalWorld(device), storage.join(d, "checkpoints"), progress=False,
                            resume=False)
     info = {"checkpoint_name": res.checkpoint.rstrip("/").rsplit("/", 1)[-1], "digest": evalnet_digest(cfg), "num_train": len(full.train),

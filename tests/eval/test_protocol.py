@@ -121,6 +121,10 @@ def test_evalnet_trained_once_on_the_full_train_split_then_loaded(tmp_path, monk
     assert torch.allclose(model(x), again(x), atol=1e-5)
     other = _tiny_cfg(tmp_path, ("eval.evalnet_steps", 3))            # other settings: another cache entry
     assert evalnet.evalnet_dir(other, cfg.data.cache_dir) != evalnet.evalnet_dir(cfg, cfg.data.cache_dir)
+    # the run's seed does not change the evaluation space (one evalnet for every seed); eval.evalnet_seed does
+    assert evalnet.evalnet_dir(_tiny_cfg(tmp_path, ("seed", 7)), cfg.data.cache_dir) == evalnet.evalnet_dir(cfg, cfg.data.cache_dir)
+    assert evalnet.evalnet_dir(_tiny_cfg(tmp_path, ("eval.evalnet_seed", 1)), cfg.data.cache_dir) != \
+        evalnet.evalnet_dir(cfg, cfg.data.cache_dir)
 
 
 def test_inception_input_transform():
