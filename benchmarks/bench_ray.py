@@ -54,7 +54,7 @@ def generation_pipeline_vs_bare(quick: bool) -> dict:
     import ray
 
     from ltaug.cli import make_launcher
-    from ltaug.generate import GenerationPlan, ImageGenerator, collect_stats
+    from ltaug.generate import GenerationPlan, ImageGenerator
     from ltaug.stages.generate import run_generation, setup_generation
 
     n_img, steps, bs = (192, 10, 32) if quick else (768, 25, 64)
@@ -81,7 +81,7 @@ def generation_pipeline_vs_bare(quick: bool) -> dict:
         finally:
             ray.shutdown()
         made = res["manifest"]["generated"]
-        busy = sum(st.seconds for st in collect_stats(cfg.generate.output_uri, plan, range(plan.num_shards)))
+        busy = sum(st.seconds for st in res["stats"])     # the driver's stats: sampling + encoding seconds per shard
         steady, wall = made / busy, made / res["seconds"]
     return {"generation_pipeline_vs_bare": round(steady / bare, 3),
             "generation_pipeline_vs_bare_wall": round(wall / bare, 3),
@@ -174,19 +174,19 @@ def shard_write_vs_raw_upload(quick: bool) -> dict:
         for s in range(n_shards):
             samples = [(f"c0000_{s * per + i:07d}", {"png": encode_png(rng.integers(0, 255, (32, 32, 3), np.uint8)),
                                                      "cls": b"0", "json": b'{"class": 0}'}) for i in range(per)]
-            tars.append(build_tar(samples))
-        mb = sum(len(t) for t in tars) / 2**20
+            st = ShardStats(s, plan.shard_name(s), plan.digest)
+            tars.append((build_tar(samples, stats=st), st))      # the stats ride in the tar: one PUT per shard
+        mb = sum(len(t) for t, _ in tars) / 2**20
         fs.pipe_file("bench/warm", b"x")
         raw = ours = 0.0
         for rep in range(3):   # interleaved rounds, best of each: moto's own slow-down over time hits both alike
             t0 = time.perf_counter()
-            for s, data in enumerate(tars):
+            for s, (data, _) in enumerate(tars):
                 fs.pipe_file(f"bench/raw{rep}/{s:06d}.tar", data)
             raw = max(raw, mb / (time.perf_counter() - t0))
             t0 = time.perf_counter()
-            for s, data in enumerate(tars):
-                publish_shard(f"s3://bench/shards{rep}", data,
-                              ShardStats(s, plan.shard_name(s), plan.digest, bytes=len(data)))
+            for s, (data, st) in enumerate(tars):
+                publish_shard(f"s3://bench/shards{rep}", data, st)
             ours = max(ours, mb / (time.perf_counter() - t0))
         storage_uri = "s3://bench/shards0"
         assert len(storage.listdir(storage_uri, ".tar")) == n_shards

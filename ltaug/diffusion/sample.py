@@ -55,19 +55,11 @@ def sample_seeds(base: int, n: int, offset: int = 0) -> list[int]:
 
 @contextmanager
 def _eval(model: nn.Module):
-    """Eval mode and frozen weights for the sampling loop (both restored after). Frozen weights matter on the
-    guided steps: autograd then records no weight edges, and a forward with grad through weights that require it
-    costs ~2x one without on CPU (oneDNN's training paths); x_t alone carries the gradient."""
     was = model.training
-    frozen = [p for p in model.parameters() if p.requires_grad]
     model.eval()
-    for p in frozen:
-        p.requires_grad_(False)
     try:
         yield
     finally:
-        for p in frozen:
-            p.requires_grad_(True)
         model.train(was)
 
 
