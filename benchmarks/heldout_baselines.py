@@ -20,7 +20,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ltaug.stages.seeds import aggregate  # noqa: E402
+from ltaug.stages.seeds import aggregate, mean_std  # noqa: E402
 
 KEYS = ("acc_all", "acc_many", "acc_medium", "acc_few")
 
@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         lift = "-"
         if base is not None and m != "ce":
             d = [100 * (x["acc_few"] - y["acc_few"]) for x, y in zip(g["seeds"], base["seeds"])]
-            mean = sum(d) / len(d)
-            sd = (sum((v - mean) ** 2 for v in d) / (len(d) - 1)) ** 0.5 if len(d) > 1 else None
+            mean, sd = mean_std(d, f"{m}.few_lift_over_ce")
             lift = f"{mean:+.1f}" + ("" if sd is None else f" ± {sd:.1f}") + f" ({', '.join(f'{v:+.1f}' for v in d)})"
             g["few_lift_over_ce"] = {"mean": mean, "std": sd, "per_seed": d}
         print(f"| {m} | " + " | ".join(cell(g, k) for k in (*KEYS, "val_acc_all", "val_acc_few")) + f" | {lift} |")

@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .. import storage
 from .plan import GenerationPlan
-from .shards import LEGACY_MANIFEST_FILE, LEGACY_PLAN_FILE, MANIFEST_FILE, PLAN_FILE, ShardStats, read_stats
+from .shards import (LEGACY_MANIFEST_FILE, LEGACY_PLAN_FILE, MANIFEST_FILE, PLAN_FILE, ShardStats, read_stats,
+                     read_stats_from)
 
 MAX_PLAN_BYTES = 64 << 20   # a plan is small; anything bigger is not ours
 SHARD_RE = re.compile(r"gen-([0-9a-f]{8})-(\d{6})\.tar$")
@@ -227,7 +228,7 @@ def check_published(output_uri: str, plan: GenerationPlan, shard: int,
     name = plan.shard_name(shard)
     uri = storage.join(output_uri, name)
     try:
-        st = read_stats(output_uri, name)
+        st, in_tar = read_stats_from(output_uri, name)   # in_tar: its first header was read and parsed already
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"stats missing or unreadable ({type(e).__name__}: {e})", None
     fs, path = storage.get_fs(uri)
@@ -238,10 +239,10 @@ def check_published(output_uri: str, plan: GenerationPlan, shard: int,
             return f"{size} bytes but its stats say {st.bytes}", st
         if size < 3 * tarfile.BLOCKSIZE:
             return "too short for a tar", st
-        head = storage.with_retry(lambda: fs.cat_file(path, start=0, end=tarfile.BLOCKSIZE), f"read {uri}")
-        tail = storage.with_retry(lambda: fs.cat_file(path, start=size - 2 * tarfile.BLOCKSIZE, end=size),
-                                  f"read {uri}")
-        tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
+        if not in_tar:      # stats from an earlier layout's file: the tar's first header is still unchecked
+            head = storage.read_range(uri, 0, tarfile.BLOCKSIZE)
+            tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
+        tail = storage.read_range(uri, size - 2 * tarfile.BLOCKSIZE, size)
     except (OSError, tarfile.TarError) as e:
         return f"unreadable ({type(e).__name__}: {e})", st
     if tail.strip(b"\0"):

@@ -320,6 +320,12 @@ def read_stats(output_uri: str, name: str) -> ShardStats:
     bytes: two ranged reads); for outputs of earlier versions ``.ltaug/stats/<shard>.json``, else
     ``_stats/<shard>.json``. :class:`StatsMissingError` naming the shard when it has none of them (a
     hand-made tar); ``FileNotFoundError`` when the shard itself is absent."""
+    return read_stats_from(output_uri, name)[0]
+
+
+def read_stats_from(output_uri: str, name: str) -> tuple[ShardStats, bool]:
+    """:func:`read_stats` and whether they came from the tar's own first member (whose header then parsed as a
+    tar header: a caller checking the shard needs not read it again)."""
     uri = storage.join(output_uri, name)
     info = _stats_header(storage.read_range(uri, 0, TAR_BLOCK), uri)
     if info is not None:
@@ -342,7 +348,7 @@ def read_stats(output_uri: str, name: str) -> ShardStats:
                                     f"{stats_uri(output_uri, name)} (earlier layout) either: not a shard "
                                     f"written by ltaug generate (hand-made or foreign tar?)")
     try:
-        return ShardStats.from_dict(storage.load_json(data, where))
+        return ShardStats.from_dict(storage.load_json(data, where)), info is not None
     except (TypeError, AttributeError) as e:
         raise StatsMissingError(f"{where}: unreadable shard stats ({type(e).__name__}: {e})") from None
 
@@ -400,6 +406,6 @@ def samples_per_shard(target_mb: float, image_size: int, channels: int) -> int:
 
 __all__ = ["ShardProducer", "ShardStats", "RawShard", "encode_shard", "StatsMissingError", "STATS_MEMBER",
            "retry_shard", "shard_label", "stats_json", "build_tar", "encode_png", "sample_meta", "publish_shard",
-           "read_stats", "stats_uri", "ShardFailedError", "produce_with_retries", "estimate_sample_bytes",
+           "read_stats", "read_stats_from", "stats_uri", "ShardFailedError", "produce_with_retries", "estimate_sample_bytes",
            "samples_per_shard", "META_DIR", "STATS_DIR", "PLAN_FILE", "MANIFEST_FILE", "LEGACY_STATS_DIR",
            "LEGACY_PLAN_FILE", "LEGACY_MANIFEST_FILE", "SAMPLE_KEYS"]

@@ -112,8 +112,8 @@ def test_resume_lists_output_once_and_reads_stats_concurrently(diff, tmp_path, m
     ls = local_fs.LocalFileSystem.ls
     monkeypatch.setattr(local_fs.LocalFileSystem, "ls",
                         lambda self, path, *a, **k: lists.append(str(path)) or ls(self, path, *a, **k))
-    read = shards.read_stats
-    monkeypatch.setattr(manifest, "read_stats",
+    read = shards.read_stats_from
+    monkeypatch.setattr(manifest, "read_stats_from",
                         lambda o, n: reads.append(threading.current_thread().name) or read(o, n))
     _, res = run(cfg, GenerationSetup)
     assert res["new_shards"] == 0 and res["skipped_shards"] == 5
