@@ -173,6 +173,11 @@ class SampleConfig:
     classes: tuple[int, ...] = F((), help="classes to sample (empty = all)")
     seed: int = F(0, help="base seed; image k of a run uses a generator seeded from (seed, k)")
     use_ema: bool = F(True, help="sample with the EMA weights")
+    compile: str = F("off", choices=("off", "default", "reduce-overhead", "max-autotune"),
+                     help="torch.compile the UNet for sampling (inductor; weights frozen as constants in grad-free "
+                          "steps): 'default' fuses GroupNorm/SiLU/adds and prepacks conv weights (CPU: 1.1-1.2x "
+                          "faster after a 20-60 s compile per process), 'reduce-overhead' adds CUDA graphs on GPU; "
+                          "images agree with eager to float rounding, so a run's shards must all use one setting")
 
     def validate(self, prefix: str) -> None:
         if self.bns_skip >= self.steps:

@@ -112,6 +112,29 @@ class EpsFn:
         return eps, pred
 
 
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # sample.compile
+
+
+def for_sampling(model: nn.Module, compile: str = "off") -> nn.Module:
+    """``model`` as the sampler runs it (``sample.compile``): its parameters frozen (``requires_grad=False``, so a
+    guided step's backward computes the gradient w.r.t. ``x_t`` alone, never a weight gradient), and unless
+    ``compile == "off"`` wrapped in ``torch.compile(mode=compile)`` with inductor's ``freezing`` (grad-free graphs
+    treat the weights as constants: conv weights prepacked, conv + bias + residual add fused; the guided steps'
+    graphs differentiate w.r.t. ``x_t`` through AOTAutograd). The returned module still has ``spec`` and
+    ``parameters()``; the weights must not change afterwards. A machine without inductor's C++/Triton toolchain
+    fails on the first call (no silent eager fallback)."""
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"sample.compile: unknown {compile!r}; choose one of {COMPILE_MODES}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if compile == "off":
+        return model
+    from torch._inductor import list_mode_options
+
+    return torch.compile(model, options={**list_mode_options(compile),
+                                         "freezing": True})
+
+
 def _check(guidances: Sequence[Any], sampler: str) -> None:
     for g in guidances:
         space = g.space_for(sampler)

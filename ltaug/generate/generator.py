@@ -45,6 +45,8 @@ def generation_settings(cfg: Any, checkpoint_digest: str) -> dict[str, Any]:
             guidance[name] = {cls.scale_key: getattr(section, cls.scale_key)}
     sampler = {k: getattr(s, k) for k in SAMPLER_KEYS}
     sampler.update({k: getattr(s, k) for k, off in BNS_KEYS.items() if getattr(s, k) != off})
+    if s.compile != "off":   # compiled kernels round differently: one run's shards all come from one setting
+        sampler["compile"] = s.compile
     if any(cls.switched_on(getattr(cfg.guidance, name)) and name == "minority" for name, cls in GUIDANCES.items()):
         guidance["minority"]["noise"] = "own-stream"   # since its re-noising stopped sharing the sampler's stream
     return {"sampler": sampler, "use_ema": s.use_ema, "guidance": guidance,
@@ -86,10 +88,11 @@ class ImageGenerator:
     # -- construction and pickling --------------------------------------------------------------
     def _build(self) -> dict[str, Any]:
         if self._built is None:
-            from ..diffusion import guidances_from_config, load_diffusion
+            from ..diffusion import for_sampling, guidances_from_config, load_diffusion
             from ..diffusion.guidance import wants_classifier
 
             loaded = load_diffusion(self.checkpoint, device=self.device, use_ema=self.cfg.sample.use_ema)
+            loaded.model = for_sampling(loaded.model, self.cfg.sample.compile)
             m = self.cfg.guidance.minority
             extractor = None
             if wants_classifier(m, bool(self.cfg.classifier.checkpoint)):   # distance auto: the classifier when given

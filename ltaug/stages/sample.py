@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data import to_uint8
-from ..diffusion import guidances_from_config, load_diffusion, sample, sample_seeds
+from ..diffusion import for_sampling, guidances_from_config, load_diffusion, sample, sample_seeds
 from ..diffusion.guidance import wants_classifier
 from ..diffusion.io import classifier_feature_space, save_grid_png
 from ..train import resolve_checkpoint, resolve_device
@@ -26,6 +26,7 @@ def sample_images(cfg: Config, run: Run, launcher: Launcher | None = None) -> di
     device = resolve_device(cfg.resources)
     uri = resolve_checkpoint(cfg.model.checkpoint)
     loaded = load_diffusion(uri, device, use_ema=cfg.sample.use_ema)
+    model = for_sampling(loaded.model, cfg.sample.compile)
     C = loaded.num_classes
     classes = list(cfg.sample.classes) or list(range(C))
     bad = [c for c in classes if not 0 <= c < C]
@@ -41,7 +42,7 @@ def sample_images(cfg: Config, run: Run, launcher: Launcher | None = None) -> di
     bs = cfg.sample.batch_size
     out = []
     for a in tqdm(range(0, len(labels), bs), desc="sample", unit="batch", mininterval=1.0):
-        out.append(sample(loaded.model, loaded.schedule, labels[a:a + bs], seeds[a:a + bs], cfg.sample,
+        out.append(sample(model, loaded.schedule, labels[a:a + bs], seeds[a:a + bs], cfg.sample,
                           guidances=guidances).cpu())
     images = to_uint8(torch.cat(out))
     npz = run.local("samples.npz")

@@ -80,18 +80,24 @@ def test_presets_load(tmp_path):
 
 
 def test_every_job_dry_run_prints_resolved_config():
+    from concurrent.futures import ThreadPoolExecutor
+
     jobs = sorted((ROOT / "jobs").glob("*.py"))
     assert any(j.name == "inspect_data.py" for j in jobs)
-    for job in jobs:
-        out = subprocess.run([sys.executable, str(job), "--config", str(ROOT / "configs" / "quickstart.yaml"),
-                              "--set", "data.imbalance_ratio=20", "--dry-run"],
-                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+    def run(args):
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    good = [[str(j), "--config", str(ROOT / "configs" / "quickstart.yaml"), "--set", "data.imbalance_ratio=20",
+             "--dry-run"] for j in jobs]
+    bad = [[str(j), "--set", "data.nope=1", "--dry-run"] for j in jobs]
+    with ThreadPoolExecutor(4) as pool:   # independent processes: run side by side (the suite's wall time)
+        outs = list(pool.map(run, good + bad))
+    for job, out in zip(jobs, outs[:len(jobs)]):
         assert out.returncode == 0, (job.name, out.stderr[-2000:])
         resolved = yaml.safe_load(out.stdout)
         assert resolved["data"]["imbalance_ratio"] == 20.0, job.name
-        bad = subprocess.run([sys.executable, str(job), "--set", "data.nope=1", "--dry-run"],
-                             capture_output=True, text=True, cwd=ROOT, timeout=300)
-        assert bad.returncode == 2 and "data.nope" in bad.stderr, job.name
+    for job, out in zip(jobs, outs[len(jobs):]):
+        assert out.returncode == 2 and "data.nope" in out.stderr, job.name
 
 
 # ----------------------------------------------------------------------------- one override path
