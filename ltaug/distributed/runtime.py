@@ -8,6 +8,7 @@ from typing import Any
 # are inherited by processes of a local cluster - they are never written into configs or runtime envs).
 PASS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL",
             "MLFLOW_TRACKING_URI", "LTAUG_CACHE")
+WORKER_NICENESS = "0"   # of the workers of a private local Ray (Ray's default is 15)
 
 
 def ensure_ray(resources: Any = None, *, dashboard: bool = False, num_cpus: float | None = None,
@@ -26,6 +27,10 @@ def ensure_ray(resources: Any = None, *, dashboard: bool = False, num_cpus: floa
                 kwargs["num_cpus"] = num_cpus
             if object_store_memory:
                 kwargs["object_store_memory"] = object_store_memory
+            # Ray starts workers at niceness 15 (below its own processes); on a machine Ray is private to, the
+            # sampler / training workers are the work: at 15 a multi-threaded step stalls whenever a Ray system
+            # process wakes up. (A cluster's operator sets this in the cluster's env; see cluster/README.md.)
+            kwargs["runtime_env"] = {"env_vars": {"RAY_worker_niceness": WORKER_NICENESS}}
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(**kwargs)
     return ray.cluster_resources()
