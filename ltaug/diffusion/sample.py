@@ -116,7 +116,8 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # sample.
 
 
 def for_sampling(model: nn.Module, compile: str = "off") -> nn.Module:
-    """``model`` as the sampler runs it (``sample.compile``): its parameters frozen (``requires_grad=False``, so a
+    """``model`` as the sampler runs it (``sample.compile``), in a process that keeps freed memory for reuse
+    (:func:`ltaug.train.allocator.keep_freed_memory`): its parameters frozen (``requires_grad=False``, so a
     guided step's backward computes the gradient w.r.t. ``x_t`` alone, never a weight gradient), and unless
     ``compile == "off"`` wrapped in ``torch.compile(mode=compile)`` with inductor's ``freezing`` (grad-free graphs
     treat the weights as constants: conv weights prepacked, conv + bias + residual add fused; the guided steps'
@@ -125,6 +126,9 @@ def for_sampling(model: nn.Module, compile: str = "off") -> nn.Module:
     fails on the first call (no silent eager fallback)."""
     if compile not in COMPILE_MODES:
         raise ValueError(f"sample.compile: unknown {compile!r}; choose one of {COMPILE_MODES}")
+    from ..train.allocator import keep_freed_memory
+
+    keep_freed_memory()   # guided steps reuse the freed activations' pages (glibc; see ltaug.train.allocator)
     for p in model.parameters():
         p.requires_grad_(False)
     if compile == "off":

@@ -121,6 +121,9 @@ def fit(model: nn.Module, objective: Objective, spec: LoopSpec, world: World, *,
     (sample grids, evaluations). Checkpoints are written by the main rank every ``spec.ckpt_every``
     steps and at the end, then announced through ``world.report``.
     """
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()   # each step reuses the last step's activation pages (glibc; see ltaug.train.allocator)
     device = world.device
     net = world.wrap(model)
     if spec.grad_accum < 1:
