@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..train.allocator import keep_freed_memory
 from .guidance import PREDICTIONS, SPACES, EpsContext, MeanContext
 from .schedule import NoiseSchedule
 from .steppers import make_stepper
@@ -119,15 +120,13 @@ def for_sampling(model: nn.Module, compile: str = "off") -> nn.Module:
     """``model`` as the sampler runs it (``sample.compile``), in a process that keeps freed memory for reuse
     (:func:`ltaug.train.allocator.keep_freed_memory`): its parameters frozen (``requires_grad=False``, so a
     guided step's backward computes the gradient w.r.t. ``x_t`` alone, never a weight gradient), and unless
-    ``compile == "off"`` wrapped in ``torch.compile(mode=compile)`` with inductor's ``freezing`` (grad-free graphs
+    ``compile == "off"`` wrapped in ``torch.compile`` with the mode's inductor options plus ``freezing`` (grad-free graphs
     treat the weights as constants: conv weights prepacked, conv + bias + residual add fused; the guided steps'
     graphs differentiate w.r.t. ``x_t`` through AOTAutograd). The returned module still has ``spec`` and
     ``parameters()``; the weights must not change afterwards. A machine without inductor's C++/Triton toolchain
     fails on the first call (no silent eager fallback)."""
     if compile not in COMPILE_MODES:
         raise ValueError(f"sample.compile: unknown {compile!r}; choose one of {COMPILE_MODES}")
-    from ..train.allocator import keep_freed_memory
-
     keep_freed_memory()   # guided steps reuse the freed activations' pages (glibc; see ltaug.train.allocator)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -135,8 +134,7 @@ def for_sampling(model: nn.Module, compile: str = "off") -> nn.Module:
         return model
     from torch._inductor import list_mode_options
 
-    return torch.compile(model, options={**list_mode_options(compile),
-                                         "freezing": True})
+    return torch.compile(model, options={**list_mode_options(compile), "freezing": True})
 
 
 def _check(guidances: Sequence[Any], sampler: str) -> None:

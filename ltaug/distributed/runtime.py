@@ -29,7 +29,7 @@ def ensure_ray(resources: Any = None, *, dashboard: bool = False, num_cpus: floa
                 kwargs["object_store_memory"] = object_store_memory
             # Ray starts workers at niceness 15 (below its own processes); on a machine Ray is private to, the
             # sampler / training workers are the work: at 15 a multi-threaded step stalls whenever a Ray system
-            # process wakes up. (A cluster's operator sets this in the cluster's env; see cluster/README.md.)
+            # process wakes up. (On a cluster the nodes' env sets it: the configs in cluster/.)
             kwargs["runtime_env"] = {"env_vars": {"RAY_worker_niceness": WORKER_NICENESS}}
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(**kwargs)

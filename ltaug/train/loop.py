@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
+from .allocator import keep_freed_memory
 from .ema import EMA, unwrap
 from .world import World
 
@@ -121,8 +122,6 @@ def fit(model: nn.Module, objective: Objective, spec: LoopSpec, world: World, *,
     (sample grids, evaluations). Checkpoints are written by the main rank every ``spec.ckpt_every``
     steps and at the end, then announced through ``world.report``.
     """
-    from .allocator import keep_freed_memory
-
     keep_freed_memory()   # each step reuses the last step's activation pages (glibc; see ltaug.train.allocator)
     device = world.device
     net = world.wrap(model)
