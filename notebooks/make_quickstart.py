@@ -30,11 +30,14 @@ from ltaug.eval import plots
 STEPS_SCALE = float(os.environ.get("LTAUG_NOTEBOOK_SCALE", "0.05"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 cfg = load_config("../configs/quickstart.yaml")
+# the classifier trains by epochs when classifier.epochs > 0 (the quickstart: 20), else by classifier.steps
 cfg = with_values(cfg, {"train.steps": max(20, int(cfg.train.steps * STEPS_SCALE)),
                         "classifier.steps": max(20, int(cfg.classifier.steps * STEPS_SCALE)),
+                        "classifier.epochs": max(1.0, cfg.classifier.epochs * STEPS_SCALE) if cfg.classifier.epochs else 0.0,
                         "train.ckpt_every": 0, "sample.steps": 10})
 work = tempfile.mkdtemp(prefix="ltaug-nb-")
-print("train steps", cfg.train.steps, "classifier steps", cfg.classifier.steps, "work dir", work)"""),
+print("train steps", cfg.train.steps, "classifier", f"{cfg.classifier.epochs:g} epochs" if cfg.classifier.epochs
+      else f"{cfg.classifier.steps} steps", "work dir", work)"""),
     ("md", "## 1. Data: long-tailed train set, balanced test set"),
     ("code", """data = load_dataset(cfg.data)
 print("train counts", data.counts.counts, " test counts", data.test.counts.counts)

@@ -24,6 +24,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SESSION_RAY = ("ray_session", "ray_local")   # the session's private single-node Ray
+
+
+def _ray_test_groups() -> dict[str, str]:
+    """Test file (path as in node ids) -> its Ray group: ``ray`` for the files on the session's Ray
+    (``SESSION_RAY`` fixtures), ``own-ray`` for the other Ray files (everything else under tests/distributed,
+    ``ray_two_nodes``, and clusters a test starts itself, each on its own loopback addresses and ports)."""
+    out = {}
+    for f in (ROOT / "tests").rglob("test_*.py"):
+        text, rel = f.read_text(), f.relative_to(ROOT).as_posix()
+        if any(n in text for n in SESSION_RAY):
+            out[rel] = "ray"
+        elif f.parent.name == "distributed" or "mark.ray" in text or "ray_two_nodes" in text:
+            out[rel] = "own-ray"
+    return out
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist (``./dev test`` runs two workers): the tests on the session's Ray run in one worker, in order,
+    and the tests with clusters of their own in one worker, in order - so at most two Ray clusters are up at once,
+    on different loopback addresses and ports - and every other test is load-balanced one by one beside them
+    (xdist's ``xdist_group`` would do this, but its node-id suffix no longer takes effect on pytest 9)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups = _ray_test_groups()
+
+    class RayTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return groups.get(nodeid.split("::", 1)[0], nodeid)
+
+    return RayTogether(config, log)
+
+
 # Test folders of small CPU-bound models: one intra-op thread is faster than two for them, and never stalls
 # when the 2 cores are shared (OpenMP spin-waiting under contention makes two threads many times slower).
 ONE_THREAD_DIRS = ("classify", "diffusion", "eval")

@@ -347,7 +347,7 @@ def train_classifier(cfg: Any, data: Any, world: World, ckpt_dir: str | None = N
     net.eval()
     phi = torch.cat([extract_features(net, rows(real.images, np.arange(a, min(a + STATS_CHUNK, len(y_real)))).to(device),
                                       c.eval_batch_size) for a in range(0, len(y_real), STATS_CHUNK)])
-    bank = build_bank(phi, torch.from_numpy(y_real).to(device), K, c.radius, c.radius_quantile)
+    bank = build_bank(phi, torch.as_tensor(np.array(y_real, dtype=np.int64), device=device), K, c.radius, c.radius_quantile)
     if res.checkpoint and world.is_main:
         ck = ckpt_io.load(res.checkpoint)
         ck["extra"] = {**ck.get("extra", {}), **extra, "feature_bank": bank.state_dict()}

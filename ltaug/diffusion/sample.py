@@ -191,18 +191,17 @@ def sample(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Seq
     x = randn()
     if gamma != 1.0:
         x = gamma * x   # BnS boosted x_T
-    # Runs without any grad-needing guidance never need autograd: inference_mode also skips version
-    # counters and view tracking. (Otherwise no_grad: inference tensors cannot later become leaves.)
-    ever_grad = any(g.needs_grad for g in guidances)
-    with _eval(model), (torch.no_grad() if ever_grad else torch.inference_mode()):
+    # Steps without a grad-needing guidance run under inference_mode (no autograd, no version counters or view
+    # tracking); a guided step first copies x_t out of it (an inference tensor cannot become a leaf).
+    with _eval(model):
         for i in range(skip, n):
             t = torch.full((len(labels),), grid.t[i], device=device, dtype=torch.long)
             on = [g for g in guidances if g.active(i, n)]
             on_eps = [g for g in on if g.space_for(scfg.sampler) == "eps"]
             on_mean = [g for g in on if g.space_for(scfg.sampler) == "mean"]
             grad = any(g.needs_grad for g in on)
-            x_in = x.detach().requires_grad_(True) if grad else x
-            with torch.enable_grad() if grad else _nothing():
+            x_in = x.clone().requires_grad_(True) if grad else x
+            with torch.enable_grad() if grad else torch.inference_mode():
                 eps, pred = eps_fn.with_pred(x_in, t, on_eps, i, n)
                 mean, std = stepper.step(i, x_in, eps)
                 if on_mean:
@@ -213,11 +212,11 @@ def sample(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Seq
                         pred=pred)
                     for g in on_mean:
                         mean = mean.detach() + g.delta_mean(ctx)
-            if i < n - 1 and std > 0:
-                x = mean.detach() + std * randn()
-            else:
-                x = mean.detach()
-    return x.clamp(-1, 1)
+                if i < n - 1 and std > 0:
+                    x = mean.detach() + std * randn()
+                else:
+                    x = mean.detach()
+    return x.clamp(-1, 1)   # outside inference_mode: a normal tensor
 
 
 @contextmanager

@@ -11,7 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ACC = {"acc_all", "acc_many", "acc_medium", "acc_few", "per_class",
        "val_acc_all", "val_acc_many", "val_acc_medium", "val_acc_few"}
-TINY = ["train.steps=30", "train.batch_size=16", "train.ckpt_every=0", "classifier.steps=30",
+# classifier.epochs=0: the quickstart trains by epochs (20), which would override classifier.steps
+TINY = ["train.steps=30", "train.batch_size=16", "train.ckpt_every=0", "model.ch=8", "classifier.epochs=0", "classifier.steps=30",
         "classifier.batch_size=32", "classifier.arch=resnet20", "sample.steps=4", "generate.target_per_class=30",
         "generate.minority_score=false", "guidance.minority.scale=0.1", "guidance.minority.every=2",
         "eval.kid_subsets=5", "eval.num_per_class=5", "eval.evalnet_steps=20", "eval.cas_steps=10"]
