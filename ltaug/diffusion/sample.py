@@ -219,11 +219,6 @@ def sample(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Seq
     return x.clamp(-1, 1)   # outside inference_mode: a normal tensor
 
 
-@contextmanager
-def _nothing():
-    yield
-
-
 def _redenoiser(eps_fn: EpsFn, schedule: NoiseSchedule, on_eps: Sequence[Any], i: int, n: int):
     """``redenoise(x_s, s, guided=True)``: x0_hat of the loop's eps at ``(x_s, s)`` without grad; ``guided``
     applies the step's grad-free eps-space guidances (never a grad-needing one: no recursion)."""
