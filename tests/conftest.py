@@ -225,7 +225,9 @@ def mlflow_server(s3_server, tmp_path_factory):
     proc = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                              "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
                              "--artifacts-destination", f"s3://{bucket}/mlartifacts"],
-                            env={**os.environ, **s3_env, "MLFLOW_TRACKING_URI": ""}, stdout=log,
+                            env={**os.environ, **s3_env, "MLFLOW_TRACKING_URI": "",
+                                 # no huey job consumers (three processes that ltaug never uses)
+                                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     t0 = time.time()
     try:

@@ -148,6 +148,12 @@ class Guidance:
         """The space this guidance acts in under ``sampler`` (``ddpm`` / ``ddim``); default: ``space``."""
         return self.space
 
+    def grad_through(self) -> tuple[str, ...]:
+        """For a ``needs_grad`` guidance: the predictions (``"cond"`` and those of :data:`PREDICTIONS`) its
+        gradient w.r.t. ``x_t`` flows through. The loop runs the others' rows without autograd. Default: all of
+        them (always correct; a subclass narrows it only where its maths allows)."""
+        return ("cond", *PREDICTIONS)
+
     @classmethod
     def switched_on(cls, section: Any) -> bool:
         return getattr(section, cls.scale_key) > 0
@@ -290,6 +296,10 @@ class MinorityGuidance(Guidance):
         if self.space != "auto":
             return self.space
         return "eps" if sampler == "ddim" else "mean"
+
+    def grad_through(self) -> tuple[str, ...]:
+        """``target=cond`` differentiates the conditional x0_hat only; ``guided`` the running (CFG'd) eps."""
+        return ("cond",) if self.target == "cond" else ("cond", *PREDICTIONS)
 
     @classmethod
     def from_config(cls, section: Any, *, extractor: Callable[[Tensor], Tensor] | None = None,

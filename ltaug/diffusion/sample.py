@@ -1,10 +1,13 @@
 """The one sampling loop: any stepper of ``STEPPERS`` x any guidances of ``GUIDANCES``.
 
 Per step the loop computes the predictions the active guidances need (the conditional and unconditional
-eps in one batched [2B] forward when one needs ``uncond``), adds the eps-space guidances' deltas to the
+eps in one batched [2B] forward when one needs ``uncond``; on a guided step whose gradient flows through the
+conditional rows only, the unconditional rows run as a separate forward without autograd), adds the eps-space guidances' deltas to the
 conditional eps, runs the stepper to the posterior ``(mean, std)``, adds the mean-space guidances'
 deltas to the mean, then adds ``std * z``. It names no guidance. Gradients through ``x_t`` are tracked
-only on steps where an active guidance ``needs_grad``.
+only on steps where an active guidance ``needs_grad``; every grad-free forward (the unguided steps, the
+guided steps' re-denoise and unconditional rows) runs under ``inference_mode`` on inference tensors, so a
+compiled model (``sample.compile``) has one grad-free graph and one graph with grad.
 
 Noise comes from one generator per sample (seeded from that sample's seed), so image k is the same
 whatever the batch split or the worker that draws it. Structure after NVlabs/edm (sampler separate from
@@ -78,7 +81,9 @@ class EpsFn:
     Runs the forward passes the given eps-space guidances need (cond + uncond batched into one [2B]
     forward) and adds their deltas to the conditional eps, in order (each sees the running eps).
     ``forwards`` counts model calls. ``schedule`` and ``randn`` are handed to the guidances' contexts;
-    :meth:`with_pred` also returns the raw predictions."""
+    :meth:`with_pred` also returns the raw predictions. ``grad_through``: under grad mode, the predictions
+    the step's gradient flows through (default: all); when ``uncond`` is not among them, its rows run as a
+    separate forward under ``inference_mode`` (their backward would be all zeros)."""
 
     def __init__(self, model: nn.Module, labels: Tensor, num_classes: int,
                  schedule: NoiseSchedule | None = None, randn: Callable[[], Tensor] | None = None) -> None:
@@ -87,10 +92,17 @@ class EpsFn:
         self.schedule, self.randn = schedule, randn
         self.forwards = 0
 
-    def predict(self, x: Tensor, t: Tensor, needs: set[str]) -> dict[str, Tensor]:
+    def predict(self, x: Tensor, t: Tensor, needs: set[str],
+                grad_through: set[str] | None = None) -> dict[str, Tensor]:
         self.forwards += 1
         if "uncond" not in needs:
             return {"cond": _padded(self.model, x, t, self.labels)}
+        if torch.is_grad_enabled() and grad_through is not None and "uncond" not in grad_through:
+            self.forwards += 1
+            eps_c = _padded(self.model, x, t, self.labels)
+            with torch.inference_mode():
+                eps_u = _padded(self.model, x.detach().clone(), t, self.null)   # x: an inference tensor
+            return {"cond": eps_c, "uncond": eps_u.clone()}   # the clone: a normal tensor again
         out = _padded(self.model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.labels, self.null]))
         eps_c, eps_u = out.chunk(2)
         return {"cond": eps_c, "uncond": eps_u}
@@ -100,8 +112,10 @@ class EpsFn:
         return self.with_pred(x, t, eps_guidances, step, steps, needs)[0]
 
     def with_pred(self, x: Tensor, t: Tensor, eps_guidances: Sequence[Any] = (), step: int = 0,
-                  steps: int = 1, needs: set[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        pred = self.predict(x, t, needs if needs is not None else {k for g in eps_guidances for k in g.needs})
+                  steps: int = 1, needs: set[str] | None = None,
+                  grad_through: set[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        pred = self.predict(x, t, needs if needs is not None else {k for g in eps_guidances for k in g.needs},
+                            grad_through)
         eps = pred["cond"]
         if eps_guidances:
             ctx = EpsContext(x, t, pred, step, steps, eps=eps, schedule=self.schedule,
@@ -188,11 +202,13 @@ def sample(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Seq
             guide_gens.extend(generators(guidance_seeds(seeds), device))
         return per_sample_randn(guide_gens, shape, device, dtype)
     eps_fn = EpsFn(model, labels, C, schedule, guide_randn)
-    x = randn()
-    if gamma != 1.0:
-        x = gamma * x   # BnS boosted x_T
     # Steps without a grad-needing guidance run under inference_mode (no autograd, no version counters or view
-    # tracking); a guided step first copies x_t out of it (an inference tensor cannot become a leaf).
+    # tracking), on inference tensors from x_T on (a compiled model then sees one kind of input on every
+    # grad-free call); a guided step first copies x_t out of it (an inference tensor cannot become a leaf).
+    with torch.inference_mode():
+        x = randn()
+        if gamma != 1.0:
+            x = gamma * x   # BnS boosted x_T
     with _eval(model):
         for i in range(skip, n):
             t = torch.full((len(labels),), grid.t[i], device=device, dtype=torch.long)
@@ -200,9 +216,10 @@ def sample(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Seq
             on_eps = [g for g in on if g.space_for(scfg.sampler) == "eps"]
             on_mean = [g for g in on if g.space_for(scfg.sampler) == "mean"]
             grad = any(g.needs_grad for g in on)
+            through = {p for g in on if g.needs_grad for p in g.grad_through()}
             x_in = x.clone().requires_grad_(True) if grad else x
             with torch.enable_grad() if grad else torch.inference_mode():
-                eps, pred = eps_fn.with_pred(x_in, t, on_eps, i, n)
+                eps, pred = eps_fn.with_pred(x_in, t, on_eps, i, n, grad_through=through)
                 mean, std = stepper.step(i, x_in, eps)
                 if on_mean:
                     ctx = MeanContext(
@@ -212,10 +229,8 @@ def sample(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, seeds: Seq
                         pred=pred)
                     for g in on_mean:
                         mean = mean.detach() + g.delta_mean(ctx)
-                if i < n - 1 and std > 0:
-                    x = mean.detach() + std * randn()
-                else:
-                    x = mean.detach()
+            with torch.inference_mode():   # x_{t-1}: an inference tensor after guided steps too
+                x = mean.detach() + std * randn() if i < n - 1 and std > 0 else mean.detach().clone()
     return x.clamp(-1, 1)   # outside inference_mode: a normal tensor
 
 
@@ -225,8 +240,10 @@ def _redenoiser(eps_fn: EpsFn, schedule: NoiseSchedule, on_eps: Sequence[Any], i
     free = [g for g in on_eps if not g.needs_grad]
 
     def redenoise(x_s: Tensor, s: Tensor, guided: bool = True) -> Tensor:
-        with torch.no_grad():
-            return schedule.eps_to_x0(x_s, s, eps_fn(x_s, s, free if guided else (), i, n))
+        with torch.inference_mode():   # inference tensors in, as on the grad-free steps (one compiled graph)
+            x_s = x_s.detach().clone()
+            x0 = schedule.eps_to_x0(x_s, s, eps_fn(x_s, s, free if guided else (), i, n))
+        return x0.clone()   # a normal tensor: the guidance's distance may save it for backward
     return redenoise
 
 

@@ -130,7 +130,7 @@ def train_diffusion(cfg, data, world, ckpt_dir: str | None, *, feature_space: Fe
     from ..config import public_dict
 
     train = data.train
-    x0, y = train.images, torch.from_numpy(np.asarray(train.labels, dtype=np.int64))   # images stay memory-mapped
+    x0, y = train.images, torch.from_numpy(np.array(train.labels, dtype=np.int64))   # images stay memory-mapped
     C = train.num_classes
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)

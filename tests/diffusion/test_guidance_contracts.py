@@ -61,9 +61,9 @@ def trace(monkeypatch, model, schedule, kind, guidances, labels=LABELS, seeds=SE
     eps_start: dict[int, int] = {}   # draws made before step i's eps stage (eps-space guidances draw there)
     orig_wp = sample_mod.EpsFn.with_pred
 
-    def with_pred(self, x, t, eps_guidances=(), step=0, steps=1, needs=None):
+    def with_pred(self, x, t, eps_guidances=(), step=0, steps=1, needs=None, grad_through=None):
         eps_start.setdefault(step, len(draws))
-        return orig_wp(self, x, t, eps_guidances, step, steps, needs)
+        return orig_wp(self, x, t, eps_guidances, step, steps, needs, grad_through)
     monkeypatch.setattr(sample_mod.EpsFn, "with_pred", with_pred)
     out = sample(model, schedule, labels, seeds, scfg(kind, steps, eta=0.5), guidances=guidances)
     for a, b in zip(log, log[1:]):
@@ -215,8 +215,45 @@ def test_grad_and_batched_forward_only_when_needed():
     sample(m, s, LABELS, SEEDS, scfg("ddim"), guidances=[mg])
     active = sum(mg.active(i, 8) for i in range(8))
     assert active == 2 and len(calls) == 8 + active                     # + one re-denoise per guided step
-    assert sum(g for _, g, _ in calls) == active          # the guided steps' forwards track gradients,
-    assert sum(inf for *_, inf in calls) == 8 - active     # the unguided steps run under inference_mode
+    assert sum(g for _, g, _ in calls) == active          # the guided steps' forwards track gradients;
+    assert sum(inf for *_, inf in calls) == 8             # unguided steps and re-denoises run under inference_mode
+
+
+def _spied_calls(m):
+    calls, orig = [], m.forward
+
+    def spy(x, t, y=None, **kw):
+        calls.append((x.shape[0], torch.is_grad_enabled(), x.is_inference()))
+        return orig(x, t, y, **kw)
+    m.forward = spy
+    return calls
+
+
+class _MinorityThroughAll(GUIDANCES["minority"]):
+    """Minority guidance that declares its gradient through every prediction: the loop then keeps CFG's [2B]
+    forward batched under grad (the same maths: ``target=cond`` never reads the unconditional rows' graph)."""
+
+    def grad_through(self):
+        return ("cond", "uncond")
+
+
+def test_cfg_plus_minority_runs_the_unconditional_rows_without_autograd():
+    m, s = gaussian_denoiser()
+    calls = _spied_calls(m)
+    cfg, mg = build("cfg", 1.0), build("minority", 1.0, every=4)
+    assert mg.target == "cond" and mg.grad_through() == ("cond",)
+    split = sample(m, s, LABELS, SEEDS, scfg("ddim"), guidances=[cfg, mg])
+    grad_calls = [c for c in calls if c[1]]
+    assert [r for r, *_ in grad_calls] == [8, 8]           # the conditional rows only (5, padded to MIN_ROWS)
+    assert all(inf for _, g, inf in calls if not g)        # every grad-free forward on inference tensors
+    assert len(calls) == 8 + 2 * 2                         # + per guided step: its unconditional rows, a re-denoise
+    calls.clear()
+    whole = sample(m, s, LABELS, SEEDS, scfg("ddim"),
+                   guidances=[cfg, _MinorityThroughAll.from_config(section("minority", 1.0, every=4),
+                                                                   extractor=TinyFeatureNet().features)])
+    assert [r for r, g, _ in calls if g] == [10, 10]       # the batched [2B] forward under grad
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=0)
+    assert GUIDANCES["minority"](1.0, target="guided").grad_through() == ("cond", "uncond")
 
 
 def test_the_loop_rejects_unknown_spaces_and_predictions():

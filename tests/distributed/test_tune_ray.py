@@ -34,7 +34,8 @@ def test_an_interrupted_tune_sweep_is_restored_with_its_trials(ray_local, tmp_pa
             "model.dropout=0.0", "train.batch_size=16", "train.warmup=0", "diffusion.timesteps=50",
             "sample.steps=3", "tune.train_steps=4", "tune.reports=2", "tune.num_per_class=4", "tune.search=grid",
             "tune.space={guidance.cfg.omega: [0.0, 1.0], guidance.cfg.stop: {uniform: [0.5, 1.0]}}",
-            "tune.num_samples=1", "tune.trial_cpus=0.5", "resources.num_workers=1", f"classifier.checkpoint={clf}",
+            "tune.num_samples=1", "tune.trial_cpus=0.5", "tune.max_concurrent=2", "resources.num_workers=1",
+            f"classifier.checkpoint={clf}",
             f"run.output_dir={tmp_path}/runs", f"tracking.uri={db}"]
     argv = [a for s in sets for a in ("--set", s)]
     # the first run: a driver process on the session's Ray, killed once a trial has written its first checkpoint
