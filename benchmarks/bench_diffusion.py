@@ -4,6 +4,7 @@
   steps, batch, seeds, measured interleaved (each the best of its repeats). Goal <= 1.4. Beside it the guided step's
   cost in plain forwards, from its passes timed alone (forward with grad, backward to x_t, re-denoise forward):
   ``guided_step_fwd_equiv`` and the ratio those passes allow, ``passes_bound`` = (every - 1 + that) / every.
+- sampler_cfg_guided_vs_cfg: the same with classifier-free guidance on both sides (the pipeline's default).
 - loss_terms_cost_vs_passes: training-step time (forward + backward) with all five loss terms / the time
   predicted from the UNet passes they need (3 passes x the mse-only step time). Goal <= 1.1.
 - unet_flops_fraction_of_peak: FLOP/s of sampling with the quickstart UNet (torch.utils.flop_counter) /
@@ -117,24 +118,27 @@ def guided_passes(m: UNet, B: int) -> dict:
             "guided_step_fwd_equiv": (b["fwd_bwd"] + b["fwd"]) / b["fwd"]}
 
 
-def sampler_guided_vs_unguided(quick: bool, compiled: bool = False) -> dict:
-    from ltaug.diffusion import for_sampling
+def sampler_guided_vs_unguided(quick: bool, compiled: bool = False, cfg: bool = False) -> dict:
+    """``cfg``: both sides with classifier-free guidance (omega 1), as the pipeline samples: CFG + minority
+    guidance / CFG alone (its guided steps run the conditional rows with grad, the unconditional rows without)."""
+    from ltaug.diffusion import ClassifierFree, for_sampling
 
     m, s = _model(), NoiseSchedule.linear()
     B, steps = (16, 20) if quick else (32, 50)
     y, seeds = torch.arange(B) % 10, sample_seeds(0, B)
     spec = SampleConfig(sampler="ddim", steps=steps)
     every = 5
-    g = MinorityGuidance(0.4, Window(every=every))
+    base = [ClassifierFree(1.0)] if cfg else []
+    g = [*base, MinorityGuidance(0.4, Window(every=every))]
     m = for_sampling(_fresh_compile(m) if compiled else m, "default" if compiled else "off")
     t0 = time.perf_counter()
-    sample(m, s, y, seeds, spec, guidances=[g])   # compiles both graphs (grad-free and guided) when compiled
+    sample(m, s, y, seeds, spec, guidances=g)   # compiles both graphs (grad-free and guided) when compiled
     first_s = time.perf_counter() - t0
-    t = _interleaved({"plain": lambda: sample(m, s, y, seeds, spec),
-                      "guided": lambda: sample(m, s, y, seeds, spec, guidances=[g])})
+    t = _interleaved({"plain": lambda: sample(m, s, y, seeds, spec, guidances=base),
+                      "guided": lambda: sample(m, s, y, seeds, spec, guidances=g)})
     out = {"ratio": t["guided"] / t["plain"], "plain_s": t["plain"], "guided_s": t["guided"], "batch": B,
-           "steps": steps, "every": every, "first_call_s": first_s}
-    if not compiled:
+           "steps": steps, "every": every, "first_call_s": first_s, "cfg": cfg}
+    if not compiled and not cfg:
         passes = guided_passes(m, B)
         n_guided = len(range(0, steps, every))
         out.update(passes)
@@ -279,6 +283,9 @@ def run(quick: bool = True) -> dict:
     details["sampler_guided_vs_unguided"] = r
     metrics["sampler_guided_vs_unguided"] = r["ratio"]
     metrics["guided_passes_bound"] = r["passes_bound"]
+    r = sampler_guided_vs_unguided(quick, cfg=True)
+    details["sampler_cfg_guided_vs_cfg"] = r
+    metrics["sampler_cfg_guided_vs_cfg"] = r["ratio"]
     r = sampler_guided_vs_unguided(quick, compiled=True)
     details["sampler_guided_vs_unguided_compiled"] = r
     metrics["sampler_guided_vs_unguided_compiled"] = r["ratio"]

@@ -45,6 +45,7 @@ shard's small result as JSON.
 """
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 import re
@@ -190,14 +191,22 @@ def map_shards(cfg: Any, make_producer, pending: Sequence[int], publish, on_done
         ds = ds.map_batches(ShardEncoder, fn_constructor_kwargs={"publish": publish, "retries": retries},
                             batch_size=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool["size"]),
                             num_cpus=cfg.generate.encode_cpus, zero_copy_batch=True)
+        failure = None
         try:
             for row in ds.iter_rows():
                 on_done(ShardStats.from_dict(json.loads(row["stats"])))
         except Exception as e:  # noqa: BLE001 - re-raised as our one line when it is ours, else unchanged
-            clean = _clean(e)
-            if clean is None:
+            failure = _clean(e)
+            if failure is None:
                 raise
-            raise clean from None
+        if failure is not None:
+            # Raised outside the except block, so it does not chain Ray Data's error: that error's traceback
+            # frames hold the failed executor's actor handles in reference cycles, and while anything keeps
+            # them (a caller's caught exception), the sampler and encoder actors live on and keep their CPUs
+            # (the next pipeline on the cluster then waits forever). Collect the cycles now: the actors exit.
+            del ds
+            gc.collect()
+            raise failure
 
 
 def _verify_batch(batch: dict[str, np.ndarray], check: Callable[[Any], dict]) -> dict[str, np.ndarray]:

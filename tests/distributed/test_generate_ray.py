@@ -3,6 +3,7 @@ ray.data.read_webdataset, counts match the manifest, a re-run resumes without du
 from __future__ import annotations
 
 import json
+import time
 
 import fsspec
 import pytest
@@ -115,6 +116,20 @@ def _flaky_setup(setup, mode: str):
     return Flaky(**{k: getattr(setup, k) for k in GenerationSetup.__dataclass_fields__})
 
 
+def _assert_pipeline_actors_exit(timeout_s: float = 60) -> None:
+    """No Ray Data actor (sampler or encoder) is left alive: they would hold the cluster's CPUs, and the next
+    pipeline would wait for them forever."""
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = [a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")]) if "MapWorker" in a.class_name]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not alive, f"actors of a failed pipeline still alive after {timeout_s} s: {alive}"
+
+
 def test_ray_shard_retries_gpu_check_and_parallel_verify(ray_local, tmp_path, monkeypatch):
     """One shard per task, in windows of executions; a sampling error is retried in the sampler actor (published
     once), a permanent one fails the job naming the shard, and so does one in the encode + publish stage; the
@@ -153,6 +168,7 @@ def test_ray_shard_retries_gpu_check_and_parallel_verify(ray_local, tmp_path, mo
                                            r"\(generate\.max_shard_retries=2\); last error: OSError: injected fault #3"):
         run_generation(_flaky_setup(setup_b, "always"), RayLauncher(cfg_b), log=lambda m: None)
     assert not list(bad.glob("*-000001.tar")) and not (bad / ".ltaug" / "manifest.json").exists()
+    _assert_pipeline_actors_exit()   # the failed pipeline's actors release their CPUs, though its error is kept
 
     # stage 2 (encode + publish, in its own actors) retries a shard too, then fails naming it: nothing published
     from ltaug.generate import publish_shard
@@ -171,6 +187,7 @@ def test_ray_shard_retries_gpu_check_and_parallel_verify(ray_local, tmp_path, mo
                                            r"publish fault #3"):
         RayLauncher(cfg).map_shards(setup.producer, [1], flaky_publish, lambda st: None, retries=2)
     assert not list(enc.glob("*-000001.tar"))
+    _assert_pipeline_actors_exit()
     # the samplers and one encoder must fit the cluster's CPUs (else Ray would wait forever)
     with pytest.raises(RuntimeError, match=r"resources\.num_workers x resources\.cpus_per_worker \+ "
                                            r"generate\.encode_cpus = 1 x 2\.0 \+ 1\.0 = 3 CPUs but the Ray cluster has 2"):
