@@ -66,7 +66,10 @@ def block_planning(n: int, whole: bool) -> dict:
                        text=True, timeout=3600, cwd=ROOT)
     if r.returncode != 0:
         raise RuntimeError(r.stderr[-2000:])
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]   # Ray may print after the result
+    if not lines:
+        raise RuntimeError(f"block planning printed no result: stdout {r.stdout[-1000:]!r}, stderr {r.stderr[-1000:]!r}")
+    return json.loads(lines[-1])
 
 
 def shard_bytes() -> dict:
@@ -109,6 +112,7 @@ def kill_resume(quick: bool, seed: int = 0) -> dict:
     sets = [f"model.checkpoint={diff}", f"generate.output_uri={out}", f"run.output_dir={runs}", "tracking.uri=none",
             "sample.steps=1", "generate.shard_size=256", "generate.batch_size=256", "generate.minority_score=false",
             f"generate.target_per_class={target}", "resources.num_workers=2", "resources.cpus_per_worker=0.6",
+            "generate.encode_cpus=0.5",   # 2 samplers x 0.6 + one encoder fit the 2 nodes x 1 CPU
             "eval.grid_per_class=2", "run.shared_fs=true"]     # both nodes are this machine: one disk
     args = [sys.executable, str(ROOT / "jobs" / "generate.py")] + [a for s in sets for a in ("--set", s)]
     planned = sum(max(0, target - c) for c in (20, 12, 6, 3))
