@@ -118,12 +118,14 @@ def _flaky_setup(setup, mode: str):
 
 def _assert_pipeline_actors_exit(timeout_s: float = 60) -> None:
     """No Ray Data actor (sampler or encoder) is left alive: they would hold the cluster's CPUs, and the next
-    pipeline would wait for them forever."""
-    from ray.util.state import list_actors
+    pipeline would wait for them forever. Read from this driver's own GCS connection (the state API's address
+    auto-detection would see the other Ray clusters the suite runs beside this one)."""
+    from ray._private.state import actors
 
     deadline = time.monotonic() + timeout_s
     while True:
-        alive = [a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")]) if "MapWorker" in a.class_name]
+        alive = [a["ActorClassName"] for a in actors().values()
+                 if a["State"] == "ALIVE" and "MapWorker" in a["ActorClassName"]]
         if not alive or time.monotonic() > deadline:
             break
         time.sleep(0.5)
