@@ -204,7 +204,10 @@ def map_shards(cfg: Any, make_producer, pending: Sequence[int], publish, on_done
             # frames hold the failed executor's actor handles in reference cycles, and while anything keeps
             # them (a caller's caught exception), the sampler and encoder actors live on and keep their CPUs
             # (the next pipeline on the cluster then waits forever). Collect the cycles now: the actors exit.
-            del ds
+            executor = getattr(ds, "_current_executor", None)   # set once the first row arrived
+            if executor is not None:
+                executor.shutdown(force=True)   # ray.kill on its actors: no wait for reference counting
+            del ds, executor
             gc.collect()
             raise failure
 
