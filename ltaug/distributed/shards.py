@@ -26,7 +26,9 @@ blocks put from the driver. Faults:
   ``max_task_retries=-1``; overriding them needs ``**ray_remote_args``, deprecated in 2.60);
 - ``resources.use_gpu`` on a cluster without GPUs is refused before anything is scheduled (Ray would wait
   for a GPU forever), and an actor that lands where CUDA is not available fails at construction, naming
-  the key and the node (never a silent CPU run); constructor failures are not retried.
+  the key and the node (never a silent CPU run); constructor failures are not retried;
+- a failed pipeline ``ray.kill``s its actors (each enlists on a :class:`Roster` of the driver's as it starts),
+  so they free the cluster's CPUs at once instead of whenever Ray Data's handles are collected.
 
 A producer without ``sample`` (any ``shard -> (tar bytes, stats)`` callable) runs whole in stage 1 and stage 2
 only publishes it.
@@ -45,7 +47,6 @@ shard's small result as JSON.
 """
 from __future__ import annotations
 
-import gc
 import json
 import pickle
 import re
@@ -63,12 +64,49 @@ class GpuMissingError(RuntimeError):
     """``resources.use_gpu`` but the actor's process has no CUDA: an error, never a CPU run."""
 
 
+class Roster:
+    """The driver's list of one pipeline's actors (a 0-CPU Ray actor): each sampler and encoder enlists its own
+    handle when it starts, so a failed pipeline can ``ray.kill`` them all. Ray Data drops its handles on failure
+    and leaves the actors to reference counting, but its error's traceback frames keep handles in reference
+    cycles: while anything holds them (a caller's caught exception, the executor's thread still running, a full
+    collection not yet run), the actors live on with their CPUs and the next pipeline waits for them forever."""
+
+    def __init__(self) -> None:
+        self.handles: list[Any] = []
+
+    def enlist(self, handle: Any) -> None:
+        self.handles.append(handle)
+
+    def members(self) -> list[Any]:
+        return list(self.handles)
+
+
+def _enlist(roster: Any) -> None:
+    """In a pipeline actor's constructor: put its own handle on the driver's roster (waited for, so an actor that
+    takes work is always on it)."""
+    if roster is not None:
+        import ray
+
+        ray.get(roster.enlist.remote(ray.get_runtime_context().current_actor))
+
+
+def _disband(roster: Any, kill: bool) -> None:
+    """End a pipeline's roster; ``kill``: first ``ray.kill`` every actor on it (no restart)."""
+    import ray
+
+    if kill:
+        for handle in ray.get(roster.members.remote()):
+            ray.kill(handle, no_restart=True)
+    ray.kill(roster)
+
+
 class ShardActor:
     """Stage 1, the sampler: builds the producer once, then turns pending-shard positions into raw shards
     (:meth:`~ltaug.generate.ShardProducer.sample`, retried per shard) for the encoder stage."""
 
     def __init__(self, make_producer: Callable[[], Any], pending: np.ndarray, use_gpu: bool = False,
-                 retries: int = 0) -> None:
+                 retries: int = 0, roster: Any = None) -> None:
+        _enlist(roster)
         if use_gpu:
             import socket
 
@@ -103,7 +141,9 @@ class ShardEncoder:
     """Stage 2, on its own CPUs (``generate.encode_cpus``): raw shard -> keep decision, PNGs, tar (stats member
     first) -> ``publish`` (one PUT, the commit), retried per shard; passes only slim stats on."""
 
-    def __init__(self, publish: Callable[[bytes, Any], Any] | None = None, retries: int = 0) -> None:
+    def __init__(self, publish: Callable[[bytes, Any], Any] | None = None, retries: int = 0,
+                 roster: Any = None) -> None:
+        _enlist(roster)
         self.publish, self.retries = publish, int(retries)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -178,38 +218,38 @@ def map_shards(cfg: Any, make_producer, pending: Sequence[int], publish, on_done
     from ..generate import ShardStats
 
     pending = np.asarray(pending, np.int64)
+    roster_cls = ray.remote(num_cpus=0)(Roster)
     for lo in range(0, len(pending), WINDOW):         # driver memory bounded by WINDOW blocks
         window = pending[lo:lo + WINDOW]
         n = len(window)
+        roster = roster_cls.remote()
         # one block = one task = one shard; blocks put from the driver (a ``range`` read task would need a whole
         # CPU, which a cluster filled with generator actors does not have: the pipeline would never start)
         ds = ray.data.from_items([{"id": i} for i in range(n)], override_num_blocks=n)
         ds = ds.map_batches(ShardActor, fn_constructor_kwargs={"make_producer": make_producer, "pending": window,
-                                                                "use_gpu": bool(res.use_gpu), "retries": retries},
+                                                                "use_gpu": bool(res.use_gpu), "retries": retries,
+                                                                "roster": roster},
                             batch_size=1, compute=ray.data.ActorPoolStrategy(**pool),
                             num_cpus=res.cpus_per_worker, num_gpus=1 if res.use_gpu else 0, zero_copy_batch=True)
-        ds = ds.map_batches(ShardEncoder, fn_constructor_kwargs={"publish": publish, "retries": retries},
+        ds = ds.map_batches(ShardEncoder, fn_constructor_kwargs={"publish": publish, "retries": retries,
+                                                                  "roster": roster},
                             batch_size=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool["size"]),
                             num_cpus=cfg.generate.encode_cpus, zero_copy_batch=True)
-        failure = None
+        failure: BaseException | None = None
+        failed = True
         try:
             for row in ds.iter_rows():
                 on_done(ShardStats.from_dict(json.loads(row["stats"])))
+            failed = False
         except Exception as e:  # noqa: BLE001 - re-raised as our one line when it is ours, else unchanged
             failure = _clean(e)
             if failure is None:
                 raise
+        finally:
+            del ds
+            _disband(roster, kill=failed)   # a failed pipeline's actors release their CPUs now
         if failure is not None:
-            # Raised outside the except block, so it does not chain Ray Data's error: that error's traceback
-            # frames hold the failed executor's actor handles in reference cycles, and while anything keeps
-            # them (a caller's caught exception), the sampler and encoder actors live on and keep their CPUs
-            # (the next pipeline on the cluster then waits forever). Collect the cycles now: the actors exit.
-            executor = getattr(ds, "_current_executor", None)   # set once the first row arrived
-            if executor is not None:
-                executor.shutdown(force=True)   # ray.kill on its actors: no wait for reference counting
-            del ds, executor
-            gc.collect()
-            raise failure
+            raise failure    # outside the except block: it does not chain (and keep) Ray Data's error
 
 
 def _verify_batch(batch: dict[str, np.ndarray], check: Callable[[Any], dict]) -> dict[str, np.ndarray]:
@@ -232,5 +272,5 @@ def map_verify(cfg: Any, check: Callable[[Any], dict], items: Sequence[Sequence[
         yield json.loads(row["result"])
 
 
-__all__ = ["map_shards", "map_verify", "ShardActor", "ShardEncoder", "GpuMissingError", "check_gpus",
+__all__ = ["map_shards", "map_verify", "Roster", "ShardActor", "ShardEncoder", "GpuMissingError", "check_gpus",
            "check_cpus"]

@@ -116,7 +116,7 @@ def _flaky_setup(setup, mode: str):
     return Flaky(**{k: getattr(setup, k) for k in GenerationSetup.__dataclass_fields__})
 
 
-def _assert_pipeline_actors_exit(timeout_s: float = 120) -> None:
+def _assert_pipeline_actors_exit(timeout_s: float = 30) -> None:
     """No Ray Data actor (sampler or encoder) is left alive: they would hold the cluster's CPUs, and the next
     pipeline would wait for them forever. Read from this driver's own GCS connection (the state API's address
     auto-detection would see the other Ray clusters the suite runs beside this one)."""
