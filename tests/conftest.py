@@ -24,38 +24,94 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-SESSION_RAY = ("ray_session", "ray_local")   # the session's private single-node Ray
+SESSION_RAY = ("ray_session", "ray_local")   # the session's private single-node Ray (one per xdist worker)
+# Seconds each session-Ray file's Ray tests took in a 2-worker run (2026-12-02, a 2-core Xeon): only to split them
+# into two groups of about equal time, one per worker; a file not listed weighs DEFAULT_RAY_WEIGHT.
+RAY_WEIGHTS = {"tests/distributed/test_tune_ray.py": 200, "tests/distributed/test_train_ray.py": 195,
+               "tests/distributed/test_generate_ray.py": 125, "tests/distributed/test_jobs_ray.py": 67,
+               "tests/reliability/test_training_faults.py": 55, "tests/reliability/test_generation_faults.py": 46,
+               "tests/distributed/test_infonce_gather.py": 38}
+DEFAULT_RAY_WEIGHT = 20
+RAY_GROUPS = ("ray-a", "ray-b")
+
+
+def _session_ray_tests(source: str) -> list[str]:
+    """Names (``test_x`` or ``TestC::test_x``) of the tests in ``source`` that take a ``SESSION_RAY`` fixture."""
+    import ast
+
+    def takes(fn: ast.AST) -> bool:
+        return any(a.arg in SESSION_RAY for a in fn.args.args + fn.args.kwonlyargs)
+
+    out = []
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test") and takes(node):
+            out.append(node.name)
+        elif isinstance(node, ast.ClassDef):
+            out += [f"{node.name}::{f.name}" for f in node.body
+                    if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.name.startswith("test") and takes(f)]
+    return out
 
 
 def _ray_test_groups() -> dict[str, str]:
-    """Test file (path as in node ids) -> its Ray group: ``ray`` for the files on the session's Ray
-    (``SESSION_RAY`` fixtures), ``own-ray`` for the other Ray files (everything else under tests/distributed,
-    ``ray_two_nodes``, and clusters a test starts itself, each on its own loopback addresses and ports)."""
-    out = {}
-    for f in (ROOT / "tests").rglob("test_*.py"):
+    """Test id (``file::name``, parameters dropped) or test file (path as in node ids) -> its Ray group.
+
+    The tests that take a ``SESSION_RAY`` fixture run on the session's Ray of their worker, in ``RAY_GROUPS``: whole
+    files, split between the groups by ``RAY_WEIGHTS`` (largest first, each to the lighter group), so the two
+    longest chains of Ray tests run side by side, each worker on a private Ray of its own (fixtures are per worker
+    process). The other tests of those files are not grouped. ``own-ray``: the other Ray files, whole
+    (everything else under tests/distributed, ``ray_two_nodes``, clusters a test starts itself, each on its own
+    loopback addresses and ports), in one worker, in order."""
+    session: dict[str, list[str]] = {}
+    out: dict[str, str] = {}
+    for f in sorted((ROOT / "tests").rglob("test_*.py")):
         text, rel = f.read_text(), f.relative_to(ROOT).as_posix()
         if any(n in text for n in SESSION_RAY):
-            out[rel] = "ray"
+            names = _session_ray_tests(text)
+            if not names:
+                raise RuntimeError(f"{rel} names a session-Ray fixture but no test takes it as an argument: "
+                                   f"take it directly, so the scheduler (tests/conftest.py) can group the test")
+            session[rel] = names
         elif f.parent.name == "distributed" or "mark.ray" in text or "ray_two_nodes" in text:
             out[rel] = "own-ray"
+    load = dict.fromkeys(RAY_GROUPS, 0)
+    for rel in sorted(session, key=lambda r: (-RAY_WEIGHTS.get(r, DEFAULT_RAY_WEIGHT), r)):
+        group = min(RAY_GROUPS, key=lambda g: (load[g], g))
+        load[group] += RAY_WEIGHTS.get(rel, DEFAULT_RAY_WEIGHT)
+        out.update({f"{rel}::{name}": group for name in session[rel]})
     return out
+
+
+def _scope(groups: dict[str, str], nodeid: str) -> str:
+    """The xdist scope of a test: its group (by test id, then by file), else the test alone."""
+    test = nodeid.split("[", 1)[0]
+    return groups.get(test) or groups.get(nodeid.split("::", 1)[0], nodeid)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """pytest-xdist (``./dev test`` runs two workers): the tests on the session's Ray run in one worker, in order,
-    and the tests with clusters of their own in one worker, in order - so at most two Ray clusters are up at once,
-    on different loopback addresses and ports - and every other test is load-balanced one by one beside them
-    (xdist's ``xdist_group`` would do this, but its node-id suffix no longer takes effect on pytest 9)."""
+    """pytest-xdist (``./dev test`` runs several workers): each Ray group (``_ray_test_groups``) runs in one worker,
+    in order - the session-Ray groups each on that worker's own Ray, the ``own-ray`` files one cluster at a time -
+    and every other test is load-balanced one by one beside them (xdist's ``xdist_group`` would do this, but its
+    node-id suffix no longer takes effect on pytest 9). Scopes are handed out in collection order, the Ray groups first
+    (``pytest_collection_modifyitems``)."""
     from xdist.scheduler import LoadScopeScheduling
 
     groups = _ray_test_groups()
+    config.option.loadscopereorder = False      # scopes in collection order: the Ray groups first (below)
 
     class RayTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return groups.get(nodeid.split("::", 1)[0], nodeid)
+            return _scope(groups, nodeid)
 
     return RayTogether(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Ray groups first, in ``RAY_GROUPS`` then ``own-ray`` order (each group's tests in their own order), so
+    each starts on a worker of its own at once; the rest after them, as collected."""
+    groups = _ray_test_groups()
+    rank = {g: i for i, g in enumerate((*RAY_GROUPS, "own-ray"))}
+    items.sort(key=lambda it: rank.get(_scope(groups, it.nodeid), len(rank)))
 
 
 # Test folders of small CPU-bound models: one intra-op thread is faster than two for them, and never stalls
