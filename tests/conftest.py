@@ -40,15 +40,15 @@ def _session_ray_tests(source: str) -> list[str]:
     import ast
 
     def takes(fn: ast.AST) -> bool:
-        return any(a.arg in SESSION_RAY for a in fn.args.args + fn.args.kwonlyargs)
+        return isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.name.startswith("test") and \
+            any(a.arg in SESSION_RAY for a in fn.args.args + fn.args.kwonlyargs)
 
     out = []
     for node in ast.parse(source).body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test") and takes(node):
+        if takes(node):
             out.append(node.name)
         elif isinstance(node, ast.ClassDef):
-            out += [f"{node.name}::{f.name}" for f in node.body
-                    if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.name.startswith("test") and takes(f)]
+            out += [f"{node.name}::{f.name}" for f in node.body if takes(f)]
     return out
 
 

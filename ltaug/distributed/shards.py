@@ -78,7 +78,7 @@ class Roster:
         self.handles.append(handle)
 
     def members(self) -> list[Any]:
-        return list(self.handles)
+        return self.handles
 
 
 def _enlist(roster: Any) -> None:
