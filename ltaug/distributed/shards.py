@@ -5,7 +5,8 @@ Generation is two Ray Data stages over ``from_items(#pending, one block per shar
 1. ``map_batches(ShardActor)``, an actor pool of samplers (``resources.num_workers`` actors of
    ``resources.cpus_per_worker`` CPUs, and a GPU each with ``resources.use_gpu``): only samples. Per shard it
    returns the raw rows (uint8 images, labels, seeds, keys, the filter's categories and distances:
-   :meth:`ltaug.generate.ShardProducer.sample`) as one pickled value, and goes on with the next shard.
+   :meth:`ltaug.generate.ShardProducer.sample`) as one pickled value, and goes on with the next shard. Its model
+   is built and run on the actor's main thread (:data:`ON_MAIN_THREAD`): one OpenMP team per sampler process.
 2. ``map_batches(ShardEncoder)``, an actor pool of encoders with their own ``generate.encode_cpus`` CPUs (1 up
    to ``num_workers`` actors, autoscaled): the filter's keep decision, PNG encoding, the tar with its stats
    member first (:func:`ltaug.generate.encode_shard`) and the shard's single PUT (``publish``, the commit).
@@ -56,6 +57,10 @@ import numpy as np
 
 from .runtime import ensure_ray
 
+# The sampler's calls run on the actor's main thread, where its constructor built the model (Ray Data's default
+# wraps a class UDF in a one-thread executor of its own, so the process had two torch threads driving two OpenMP
+# teams: 4 threads on the actor's 2 CPUs, whose spin-waits libgomp then throttles). One call at a time either way.
+ON_MAIN_THREAD = {"enable_true_multi_threading": True, "max_concurrent_calls_per_actor": 1}
 WINDOW = 10_000   # shards (= Ray Data blocks) per execution; more pending shards run as consecutive windows
 SHARD_ERROR = re.compile(r"(generate: shard \d+ \([^)]*\) failed[^\n]*|resources\.use_gpu=true[^\n]*)")
 
@@ -229,7 +234,7 @@ def map_shards(cfg: Any, make_producer, pending: Sequence[int], publish, on_done
         ds = ds.map_batches(ShardActor, fn_constructor_kwargs={"make_producer": make_producer, "pending": window,
                                                                 "use_gpu": bool(res.use_gpu), "retries": retries,
                                                                 "roster": roster},
-                            batch_size=1, compute=ray.data.ActorPoolStrategy(**pool),
+                            batch_size=1, compute=ray.data.ActorPoolStrategy(**pool, **ON_MAIN_THREAD),
                             num_cpus=res.cpus_per_worker, num_gpus=1 if res.use_gpu else 0, zero_copy_batch=True)
         ds = ds.map_batches(ShardEncoder, fn_constructor_kwargs={"publish": publish, "retries": retries,
                                                                   "roster": roster},

@@ -3,6 +3,7 @@ ray.data.read_webdataset, counts match the manifest, a re-run resumes without du
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import fsspec
@@ -98,8 +99,13 @@ def _flaky_setup(setup, mode: str):
     class FlakySampler:
         def __init__(self, inner):
             self.inner, self.plan, self.calls = inner, inner.plan, {}
+            self.built_on = threading.current_thread()
 
         def sample(self, s):
+            # the model is built and run on the actor's main thread: one OpenMP team in the sampler's process
+            here = threading.current_thread()
+            if here is not self.built_on or here is not threading.main_thread():
+                raise RuntimeError(f"sampled on thread {here.name}, built on {self.built_on.name}")
             self.calls[s] = self.calls.get(s, 0) + 1
             if s == 1 and (mode == "always" or self.calls[s] == 1):
                 raise OSError(f"injected fault #{self.calls[s]}")
